@@ -1,0 +1,137 @@
+/*
+ * Ed25519 event signer with offline/online signing.
+ *
+ * A plain tweetnacl sign costs ~870 M instructions on XS (seconds on an ESP32),
+ * almost all of it the scalar multiplication R = r·B. That part does not depend
+ * on the message, so it is done ahead of time, while the bell is idle, and kept
+ * in a small pool in RAM. At the press only S = r + H(R‖A‖M)·a mod L remains:
+ * one SHA-512 (native on the device) and BigInt arithmetic. Signatures are
+ * standard RFC 8032 signatures; any Ed25519 verifier (OpenSSL included) accepts them.
+ *
+ * R = r·B is obtained from tweetnacl's own public API: signing the empty message
+ * under a fresh one-time seed s makes tweetnacl compute r = SHA-512(SHA-512(s)[32:64])
+ * mod L and R = r·B, and return R as the signature's first half. We recompute r
+ * the same way, so no curve arithmetic is copied out of tweetnacl.
+ *
+ * The nonce rule is absolute, because a reused r reveals the private key:
+ *  - each nonce is removed from the pool before it is used, so it can be used once;
+ *  - nonces live only in RAM, never in flash, so none survives a reboot;
+ *  - s is hedged: SHA-512(domain ‖ key prefix ‖ 32 fresh random bytes ‖ boot ‖ counter),
+ *    so even a failed RNG cannot repeat s while the persisted boot counter increases.
+ * When the pool is empty the signer falls back to a deterministic RFC 8032 sign
+ * (no nonce to misuse), counts it, and the caller logs it: never a silent slowdown.
+ */
+import nacl from "tweetnacl";
+import type { Random, Sha512 } from "./ports";
+import type { Signer } from "./events";
+import { concatBytes, u64be, utf8Encode, wipe } from "./bytes";
+
+/** The order of the Ed25519 base point. */
+const L = (1n << 252n) + 27742317777372353535851937790883648493n;
+const NONCE_DOMAIN = utf8Encode("doorward/nonce/v1");
+const EMPTY = new Uint8Array(0);
+
+export const jsSha512: Sha512 = (data) => nacl.hash(data);
+
+function littleEndianToBigInt(bytes: Uint8Array): bigint {
+  let hex = "";
+  for (let i = bytes.length - 1; i >= 0; i--) hex += (bytes[i] < 16 ? "0" : "") + bytes[i].toString(16);
+  return BigInt("0x" + hex);
+}
+
+function bigIntToLittleEndian32(x: bigint): Uint8Array {
+  const hex = x.toString(16).padStart(64, "0");
+  const out = new Uint8Array(32);
+  for (let i = 0; i < 32; i++) out[i] = parseInt(hex.substr(62 - 2 * i, 2), 16);
+  return out;
+}
+
+interface Nonce {
+  r: bigint;
+  R: Uint8Array;
+}
+
+export interface SignerOptions {
+  random: Random;
+  /** The persisted boot counter; part of every nonce seed. */
+  boot: number;
+  /** SHA-512 used for the online step; the device passes its native digest. */
+  sha512?: Sha512;
+  /** How many nonces to keep ready. */
+  poolSize?: number;
+}
+
+export interface SignerStats {
+  /** Signatures finished from a precomputed nonce. */
+  online: number;
+  /** Signatures that found the pool empty and paid for a full sign. */
+  slow: number;
+  /** Nonces made since boot. */
+  precomputed: number;
+}
+
+export class Ed25519Signer implements Signer {
+  readonly publicKey: Uint8Array;
+  readonly poolSize: number;
+  readonly stats: SignerStats = { online: 0, slow: 0, precomputed: 0 };
+  #a: bigint;
+  #prefix: Uint8Array;
+  #secretKey: Uint8Array;
+  #pool: Nonce[] = [];
+  #random: Random;
+  #boot: number;
+  #sha512: Sha512;
+
+  constructor(seed: Uint8Array, options: SignerOptions) {
+    if (seed.length !== 32) throw new RangeError("signer: seed must be 32 bytes");
+    const pair = nacl.sign.keyPair.fromSeed(seed);
+    this.publicKey = pair.publicKey;
+    this.#secretKey = pair.secretKey;
+    const h = nacl.hash(seed);
+    h[0] &= 248;
+    h[31] &= 127;
+    h[31] |= 64;
+    this.#a = littleEndianToBigInt(h.subarray(0, 32));
+    this.#prefix = h.slice(32, 64);
+    wipe(h);
+    this.#random = options.random;
+    this.#boot = options.boot;
+    this.#sha512 = options.sha512 ?? jsSha512;
+    this.poolSize = options.poolSize ?? 4;
+  }
+
+  /** Nonces ready for an online signature. */
+  get ready(): number {
+    return this.#pool.length;
+  }
+
+  /** Make one nonce if the pool has room. This is the expensive step (~one full sign); call it when idle. */
+  precompute(): boolean {
+    if (this.#pool.length >= this.poolSize) return false;
+    const fresh = new Uint8Array(32);
+    this.#random.fill(fresh);
+    const digest = this.#sha512(concatBytes(NONCE_DOMAIN, this.#prefix, fresh, u64be(this.#boot), u64be(this.stats.precomputed)));
+    this.stats.precomputed++;
+    const oneTimeKey = new Uint8Array(64);
+    oneTimeKey.set(digest.subarray(0, 32));
+    const R = nacl.sign.detached(EMPTY, oneTimeKey).slice(0, 32);
+    const expanded = this.#sha512(oneTimeKey.subarray(0, 32));
+    const rHash = this.#sha512(expanded.subarray(32, 64));
+    this.#pool.push({ r: littleEndianToBigInt(rHash) % L, R });
+    wipe(fresh); wipe(digest); wipe(oneTimeKey); wipe(expanded); wipe(rHash);
+    return true;
+  }
+
+  sign(message: Uint8Array): Uint8Array {
+    const nonce = this.#pool.shift();
+    if (!nonce) {
+      this.stats.slow++;
+      return nacl.sign.detached(message, this.#secretKey);
+    }
+    const k = littleEndianToBigInt(this.#sha512(concatBytes(nonce.R, this.publicKey, message))) % L;
+    const S = (nonce.r + k * this.#a) % L;
+    nonce.r = 0n;
+    this.stats.online++;
+    return concatBytes(nonce.R, bigIntToLittleEndian32(S));
+  }
+}
