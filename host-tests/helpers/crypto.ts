@@ -1,0 +1,27 @@
+/* Test helpers: an independent Ed25519 check through Node's OpenSSL, and deterministic randomness. */
+import crypto from "node:crypto";
+import type { Random } from "../../modules/core/ports";
+
+/** Verify with OpenSSL (Node's crypto), not tweetnacl: proves the signature format is standard Ed25519. */
+export function opensslVerify(message: Uint8Array, signature: Uint8Array, publicKey: Uint8Array): boolean {
+  const key = crypto.createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(publicKey).toString("base64url") }, format: "jwk" });
+  return crypto.verify(null, message, key, signature);
+}
+
+/** A repeatable byte stream (SHA-256 in counter mode) for tests that must be reproducible. */
+export function seededRandom(seed: string): Random & { calls: number } {
+  let counter = 0;
+  return {
+    calls: 0,
+    fill(target: Uint8Array) {
+      this.calls++;
+      for (let o = 0; o < target.length; o += 32) {
+        const block = crypto.createHash("sha256").update(`${seed}:${counter++}`).digest();
+        target.set(block.subarray(0, Math.min(32, target.length - o)), o);
+      }
+    },
+  };
+}
+
+/** A broken RNG that always returns the same bytes: the signer must still never repeat a nonce. */
+export const stuckRandom: Random = { fill: (t) => t.fill(7) };

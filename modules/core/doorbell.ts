@@ -1,0 +1,158 @@
+/*
+ * The doorbell: wires the ports into the ring path.
+ *
+ * press → debounce → ring event {v,type,thing,boot,seq,time} → Ed25519 signature
+ * (online half only, from a precomputed nonce) → outbox → QoS 1 publish on
+ * doorward/<thing>/events. Everything slow (nonce precomputation) happens while
+ * the bell is idle, scheduled through the one clock; the press itself does a
+ * canonical encode, one SHA-512 and a little BigInt arithmetic.
+ */
+import type { Button, Clock, KeyValueStore, Log, MqttTransport, Random, Sha512 } from "./ports";
+import { Debouncer } from "./debounce";
+import { sealEvent, EVENT_VERSION, type DoorEvent } from "./events";
+import { Link } from "./link";
+import { Outbox } from "./outbox";
+import { SequenceCounter } from "./sequence";
+import { Ed25519Signer } from "./signer";
+import { assertThingName, topicsFor } from "./topics";
+
+export interface DoorbellOptions {
+  thing: string;
+  /** The device's Ed25519 seed (32 bytes), from the secret store. */
+  signingSeed: Uint8Array;
+  clock: Clock;
+  random: Random;
+  store: KeyValueStore;
+  transport: MqttTransport;
+  log: Log;
+  button?: Button;
+  sha512?: Sha512;
+  noncePoolSize?: number;
+  debounceMs?: number;
+  /** Idle time before topping up the nonce pool, so precomputation never competes with a burst of activity. */
+  precomputeDelayMs?: number;
+  /** Called synchronously at each recognised press, before signing: drive the chime and LED from here. */
+  onPress?: () => void;
+  /** Called when a ring's event has been sealed (signed bytes ready). */
+  onRing?: (ring: RingRecord) => void;
+}
+
+export interface RingRecord {
+  seq: number;
+  event: DoorEvent;
+  payload: Uint8Array;
+  /** Resolves on the broker's PUBACK (possibly after reconnects). */
+  acked: Promise<void>;
+}
+
+export class Doorbell {
+  readonly thing: string;
+  readonly topics: ReturnType<typeof topicsFor>;
+  readonly sequence: SequenceCounter;
+  readonly signer: Ed25519Signer;
+  readonly link: Link;
+  readonly outbox: Outbox;
+  rings = 0;
+  #options: DoorbellOptions;
+  #debouncer: Debouncer;
+  #cancelPrecompute: (() => void) | undefined;
+  #started = false;
+
+  constructor(options: DoorbellOptions) {
+    this.#options = options;
+    this.thing = assertThingName(options.thing);
+    this.topics = topicsFor(this.thing);
+    this.sequence = new SequenceCounter(options.store);
+    this.signer = new Ed25519Signer(options.signingSeed, {
+      random: options.random,
+      boot: this.sequence.boot,
+      sha512: options.sha512,
+      poolSize: options.noncePoolSize,
+    });
+    this.outbox = new Outbox({ transport: options.transport, log: options.log });
+    this.link = new Link({
+      transport: options.transport,
+      clock: options.clock,
+      random: options.random,
+      log: options.log,
+      onOnline: () => this.outbox.flush(true),
+      onOffline: () => this.outbox.linkLost(),
+    });
+    this.#debouncer = new Debouncer({
+      quietMs: options.debounceMs,
+      now: () => options.clock.monotonic(),
+      onPress: () => this.press(),
+    });
+  }
+
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#options.log("info", "doorbell starting", { thing: this.thing, boot: this.sequence.boot });
+    this.#options.button?.start((pressed) => this.#debouncer.edge(pressed));
+    this.link.start();
+    this.#schedulePrecompute(0);
+  }
+
+  stop(): void {
+    this.#started = false;
+    this.#cancelPrecompute?.();
+    this.#options.button?.stop();
+    this.link.stop();
+  }
+
+  /** A raw button edge (for adapters that cannot call the Button port themselves). */
+  edge(pressed: boolean): void {
+    this.#debouncer.edge(pressed);
+  }
+
+  /** A debounced press: the ring path. */
+  press(): RingRecord {
+    this.#options.onPress?.();
+    const { clock, log } = this.#options;
+    const event: DoorEvent = {
+      v: EVENT_VERSION,
+      type: "ring",
+      thing: this.thing,
+      boot: this.sequence.boot,
+      seq: this.sequence.next(),
+      time: clock.wallTime() ?? null,
+    };
+    const slowBefore = this.signer.stats.slow;
+    const payload = sealEvent(event, this.signer);
+    if (this.signer.stats.slow !== slowBefore) log("warn", "nonce pool empty: ring signed on the slow path", { seq: event.seq });
+    this.rings++;
+    let resolveAcked!: () => void;
+    const acked = new Promise<void>((resolve) => (resolveAcked = resolve));
+    this.outbox.add({ topic: this.topics.events, payload, seq: event.seq, onAcked: resolveAcked });
+    this.outbox.flush(this.link.online);
+    const ring: RingRecord = { seq: event.seq, event, payload, acked };
+    log("info", "ring", { seq: event.seq, online: this.link.online });
+    this.#options.onRing?.(ring);
+    this.#schedulePrecompute(this.#options.precomputeDelayMs ?? 250);
+    return ring;
+  }
+
+  status() {
+    return {
+      thing: this.thing,
+      boot: this.sequence.boot,
+      link: this.link.state,
+      rings: this.rings,
+      outbox: this.outbox.depth,
+      outboxDropped: this.outbox.dropped,
+      noncesReady: this.signer.ready,
+      signatures: { ...this.signer.stats },
+    };
+  }
+
+  /** Top the nonce pool up one nonce at a time, yielding to the event loop between nonces. */
+  #schedulePrecompute(delayMs: number): void {
+    this.#cancelPrecompute?.();
+    this.#cancelPrecompute = this.#options.clock.schedule(() => {
+      this.#cancelPrecompute = undefined;
+      if (!this.#started) return;
+      if (this.signer.precompute()) this.#schedulePrecompute(0);
+    }, delayMs);
+  }
+}
