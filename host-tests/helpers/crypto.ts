@@ -2,11 +2,7 @@
 import crypto from "node:crypto";
 import type { Random } from "../../modules/core/ports";
 
-/** Verify with OpenSSL (Node's crypto), not tweetnacl: proves the signature format is standard Ed25519. */
-export function opensslVerify(message: Uint8Array, signature: Uint8Array, publicKey: Uint8Array): boolean {
-  const key = crypto.createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(publicKey).toString("base64url") }, format: "jwk" });
-  return crypto.verify(null, message, key, signature);
-}
+export { opensslVerify } from "../../tools/openssl-ed25519";
 
 /** A repeatable byte stream (SHA-256 in counter mode) for tests that must be reproducible. */
 export function seededRandom(seed: string): Random & { calls: number } {

@@ -9,7 +9,8 @@
  */
 import type { Button, Clock, KeyValueStore, Log, MqttTransport, Random, Sha512 } from "./ports";
 import { Debouncer } from "./debounce";
-import { sealEvent, EVENT_VERSION, type DoorEvent } from "./events";
+import { sealEvent, EVENT_VERSION, type DoorEvent, type EventType } from "./events";
+import type { Json } from "./canonical";
 import { Link } from "./link";
 import { Outbox } from "./outbox";
 import { SequenceCounter } from "./sequence";
@@ -35,15 +36,20 @@ export interface DoorbellOptions {
   onPress?: () => void;
   /** Called when a ring's event has been sealed (signed bytes ready). */
   onRing?: (ring: RingRecord) => void;
+  /** Extra topic filters to subscribe (the commands topic is always subscribed). */
+  subscriptions?: string[];
+  /** Inbound messages (commands, shadow deltas, jobs): routed by the features that own those topics. */
+  onMessage?: (topic: string, payload: Uint8Array) => void;
 }
 
-export interface RingRecord {
+export interface SentEvent {
   seq: number;
   event: DoorEvent;
   payload: Uint8Array;
   /** Resolves on the broker's PUBACK (possibly after reconnects). */
   acked: Promise<void>;
 }
+export type RingRecord = SentEvent;
 
 export class Doorbell {
   readonly thing: string;
@@ -75,8 +81,10 @@ export class Doorbell {
       clock: options.clock,
       random: options.random,
       log: options.log,
+      subscriptions: [this.topics.commands, ...(options.subscriptions ?? [])],
       onOnline: () => this.outbox.flush(true),
       onOffline: () => this.outbox.linkLost(),
+      onMessage: (topic, payload) => options.onMessage?.(topic, payload),
     });
     this.#debouncer = new Debouncer({
       quietMs: options.debounceMs,
@@ -109,28 +117,42 @@ export class Doorbell {
   /** A debounced press: the ring path. */
   press(): RingRecord {
     this.#options.onPress?.();
-    const { clock, log } = this.#options;
+    const ring = this.emit("ring", {});
+    this.#options.log("info", "ring", { seq: ring.seq, online: this.link.online });
+    this.#options.onRing?.(ring);
+    return ring;
+  }
+
+  /**
+   * Seal a signed event and queue it on the events topic: the one way anything
+   * (rings, snapshot manifests, audit reports) leaves the device as an event.
+   */
+  emit(type: EventType, fields: Record<string, Json>): SentEvent {
     const event: DoorEvent = {
+      ...fields,
       v: EVENT_VERSION,
-      type: "ring",
+      type,
       thing: this.thing,
       boot: this.sequence.boot,
       seq: this.sequence.next(),
-      time: clock.wallTime() ?? null,
+      time: this.#options.clock.wallTime() ?? null,
     };
     const slowBefore = this.signer.stats.slow;
     const payload = sealEvent(event, this.signer);
-    if (this.signer.stats.slow !== slowBefore) log("warn", "nonce pool empty: ring signed on the slow path", { seq: event.seq });
-    this.rings++;
+    if (this.signer.stats.slow !== slowBefore) this.#options.log("warn", "nonce pool empty: event signed on the slow path", { seq: event.seq });
+    if (type === "ring") this.rings++;
+    const acked = this.send(this.topics.events, payload, event.seq);
+    this.#schedulePrecompute(this.#options.precomputeDelayMs ?? 250);
+    return { seq: event.seq, event, payload, acked };
+  }
+
+  /** Queue any payload for QoS 1 delivery through the outbox; resolves on PUBACK. */
+  send(topic: string, payload: Uint8Array, seq: number): Promise<void> {
     let resolveAcked!: () => void;
     const acked = new Promise<void>((resolve) => (resolveAcked = resolve));
-    this.outbox.add({ topic: this.topics.events, payload, seq: event.seq, onAcked: resolveAcked });
+    this.outbox.add({ topic, payload, seq, onAcked: resolveAcked });
     this.outbox.flush(this.link.online);
-    const ring: RingRecord = { seq: event.seq, event, payload, acked };
-    log("info", "ring", { seq: event.seq, online: this.link.online });
-    this.#options.onRing?.(ring);
-    this.#schedulePrecompute(this.#options.precomputeDelayMs ?? 250);
-    return ring;
+    return acked;
   }
 
   status() {

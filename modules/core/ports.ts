@@ -79,6 +79,16 @@ export interface UpdateSink {
   cancel(): void;
 }
 
+/**
+ * Named secrets at rest. The vault (modules/core/vault) implements it over the
+ * KeyValueStore with authenticated encryption; nothing else stores a secret.
+ */
+export interface SecretStore {
+  get(name: string): Uint8Array | undefined;
+  set(name: string, value: Uint8Array): void;
+  delete(name: string): void;
+}
+
 /** SHA-512, replaceable by a native digest on the device (Moddable `crypt` Digest). */
 export type Sha512 = (data: Uint8Array) => Uint8Array;
 
