@@ -1,0 +1,96 @@
+/*
+ * The stand-in's per-identity topic policy, as pure functions.
+ *
+ * This plays the part of the AWS IoT policy a real deployment attaches to every
+ * device certificate, written with ${iot:Connection.Thing.ThingName}: a thing may
+ * only touch doorward/<itself>/... and the AWS features under
+ * $aws/things/<itself>/{shadow,jobs,streams}/... . The cloud service identity gets
+ * the fan-in filters (doorward/+/events, /snapshots, /replies) and may address any
+ * thing's commands and $aws/things/<thing>/... topics. Kept free of the broker so
+ * the rules can be read and tested on their own.
+ *
+ * Wildcards cannot escape a thing's subtree because the thing-name level must be
+ * the literal thing name, and a thing name can never contain + or #.
+ */
+
+import { isThingName, TOPIC_ROOT } from "../../modules/core/topics";
+
+export type Role = "thing" | "service";
+
+/** Who is on the other end of a connection, as read from its client certificate. */
+export interface Identity {
+  role: Role;
+  /** The certificate's CN: the thing name, or the service's name. */
+  name: string;
+}
+
+/** AWS: "The topic in a publish or subscribe request can be no larger than 7 forward slashes". */
+export const MAX_TOPIC_SLASHES = 7;
+
+/** The AWS features a thing may use under $aws/things/<thing>/. */
+const AWS_FEATURES = new Set(["shadow", "jobs", "streams"]);
+
+/** Device → cloud topic kinds the service may fan in with a + in the thing level. */
+const FAN_IN_KINDS = new Set(["events", "snapshots", "replies"]);
+
+export type PolicyVerdict = { ok: true } | { ok: false; reason: "topic-not-allowed" | "topic-too-deep" | "malformed-topic" };
+
+const ALLOW: PolicyVerdict = { ok: true };
+
+function slashes(topic: string): number {
+  let n = 0;
+  for (let i = 0; i < topic.length; i++) if (topic.charCodeAt(i) === 47) n++;
+  return n;
+}
+
+/** MQTT well-formedness that aedes does not already check for filters: # last and alone, + alone. */
+function wellFormedFilter(levels: string[]): boolean {
+  for (let i = 0; i < levels.length; i++) {
+    const level = levels[i];
+    if (level.includes("#") && (level !== "#" || i !== levels.length - 1)) return false;
+    if (level.includes("+") && level !== "+") return false;
+  }
+  return true;
+}
+
+function ownSubtree(levels: string[], thing: string): boolean {
+  if (levels[0] === TOPIC_ROOT) return levels[1] === thing && levels.length >= 3 && levels[2] !== "";
+  if (levels[0] === "$aws") {
+    return levels[1] === "things" && levels[2] === thing && levels.length >= 5 && AWS_FEATURES.has(levels[3]);
+  }
+  return false;
+}
+
+/** $aws/things/<name>/<feature>/... where <name> is a thing name; with wildcards, also + for <name> and <feature>, or a final #. */
+function awsThingTopic(levels: string[], allowWildcards: boolean): boolean {
+  if (levels[0] !== "$aws" || levels[1] !== "things") return false;
+  const name = levels[2];
+  const feature = levels[3];
+  if (!(isThingName(name) || (allowWildcards && name === "+"))) return false;
+  if (allowWildcards && feature === "#") return levels.length === 4;
+  return levels.length >= 5 && (AWS_FEATURES.has(feature) || (allowWildcards && feature === "+"));
+}
+
+export function mayPublish(who: Identity, topic: string): PolicyVerdict {
+  if (topic.length === 0 || topic.includes("+") || topic.includes("#")) return { ok: false, reason: "malformed-topic" };
+  if (slashes(topic) > MAX_TOPIC_SLASHES) return { ok: false, reason: "topic-too-deep" };
+  const levels = topic.split("/");
+  if (who.role === "thing") return ownSubtree(levels, who.name) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
+  // Service: commands to any one thing, and AWS-feature topics (e.g. playing the Jobs service in tests).
+  if (levels[0] === TOPIC_ROOT && levels.length === 3 && isThingName(levels[1]) && levels[2] === "commands") return ALLOW;
+  if (awsThingTopic(levels, false)) return ALLOW;
+  return { ok: false, reason: "topic-not-allowed" };
+}
+
+export function maySubscribe(who: Identity, filter: string): PolicyVerdict {
+  if (filter.length === 0) return { ok: false, reason: "malformed-topic" };
+  if (slashes(filter) > MAX_TOPIC_SLASHES) return { ok: false, reason: "topic-too-deep" };
+  const levels = filter.split("/");
+  if (!wellFormedFilter(levels)) return { ok: false, reason: "malformed-topic" };
+  if (who.role === "thing") return ownSubtree(levels, who.name) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
+  if (levels[0] === TOPIC_ROOT && levels.length === 3 && (levels[1] === "+" || isThingName(levels[1])) && FAN_IN_KINDS.has(levels[2])) {
+    return ALLOW;
+  }
+  if (awsThingTopic(levels, true)) return ALLOW;
+  return { ok: false, reason: "topic-not-allowed" };
+}
