@@ -100,3 +100,15 @@ test("the pool never grows beyond its size and refuses bad seeds", (t) => {
   t.is(signer.ready, 2);
   t.throws(() => new Ed25519Signer(new Uint8Array(31), { random: stuckRandom, boot: 1 }), { message: /32 bytes/ });
 });
+
+test("a stored public key skips derivation; a wrong one makes signatures fail verification, not pass", (t) => {
+  const pk = nacl.sign.keyPair.fromSeed(seed).publicKey;
+  const fast = new Ed25519Signer(seed, { random: seededRandom("f"), boot: 1, publicKey: pk });
+  fast.precompute();
+  const m = utf8Encode("boot fast");
+  t.true(opensslVerify(m, fast.sign(m), pk));
+  const wrong = new Ed25519Signer(seed, { random: seededRandom("f"), boot: 1, publicKey: new Uint8Array(32).fill(1) });
+  wrong.precompute();
+  t.false(nacl.sign.detached.verify(m, wrong.sign(m), pk));
+  t.throws(() => new Ed25519Signer(seed, { random: stuckRandom, boot: 1, publicKey: new Uint8Array(31) }), { message: /32 bytes/ });
+});

@@ -21,6 +21,8 @@ export interface DoorbellOptions {
   thing: string;
   /** The device's Ed25519 seed (32 bytes), from the secret store. */
   signingSeed: Uint8Array;
+  /** The matching public key, if stored: saves deriving it at boot. */
+  signingPublicKey?: Uint8Array;
   clock: Clock;
   random: Random;
   store: KeyValueStore;
@@ -72,6 +74,7 @@ export class Doorbell {
     this.signer = new Ed25519Signer(options.signingSeed, {
       random: options.random,
       boot: this.sequence.boot,
+      publicKey: options.signingPublicKey,
       sha512: options.sha512,
       poolSize: options.noncePoolSize,
     });

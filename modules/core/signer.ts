@@ -53,6 +53,12 @@ interface Nonce {
 
 export interface SignerOptions {
   random: Random;
+  /**
+   * The public key stored beside the seed. Deriving it costs a full scalar
+   * multiplication (~840 M instructions on XS, seconds on the device), so boot
+   * skips that when the secret store already holds it.
+   */
+  publicKey?: Uint8Array;
   /** The persisted boot counter; part of every nonce seed. */
   boot: number;
   /** SHA-512 used for the online step; the device passes its native digest. */
@@ -84,9 +90,9 @@ export class Ed25519Signer implements Signer {
 
   constructor(seed: Uint8Array, options: SignerOptions) {
     if (seed.length !== 32) throw new RangeError("signer: seed must be 32 bytes");
-    const pair = nacl.sign.keyPair.fromSeed(seed);
-    this.publicKey = pair.publicKey;
-    this.#secretKey = pair.secretKey;
+    if (options.publicKey && options.publicKey.length !== 32) throw new RangeError("signer: public key must be 32 bytes");
+    this.publicKey = options.publicKey ? options.publicKey.slice() : nacl.sign.keyPair.fromSeed(seed).publicKey;
+    this.#secretKey = concatBytes(seed, this.publicKey);
     const h = nacl.hash(seed);
     h[0] &= 248;
     h[31] &= 127;
