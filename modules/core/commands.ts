@@ -1,0 +1,593 @@
+/*
+ * Commands: authenticate, check, dispatch and answer what arrives on
+ * doorward/<thing>/commands.
+ *
+ * A command is a canonical-JSON body sealed with XSalsa20-Poly1305 under the
+ * sender's command key (derived once from X25519(device, user), see ./access),
+ * inside a small canonical envelope {box, from, n, v}. Checking one costs a
+ * parse and a secretbox open of a few hundred bytes: milliseconds on the device,
+ * where an Ed25519 verify would take seconds. The cloud and broker relay the
+ * box but can neither read nor forge it.
+ *
+ * Checks run cheapest first, and nothing changes until all pass:
+ *   size and nesting → envelope shape → sender listed (else revoked /
+ *   unknown-sender) → MAC → body shape → thing → generation → expiry → replay
+ *   → role. Then the sender's counter is stored (before acting, so a power cut
+ *   can lose a command but never let it run twice) and the command runs.
+ * Every outcome, including hostile bytes, is a reply with a reason code; no
+ * exception leaves handleCommand. Replies to an authenticated sender also carry
+ * a seal under the sender's reply key, so the app knows the device said it.
+ *
+ * Live sessions (a stream of snapshots a user started) live here too, because
+ * they must end in the same call that revokes their user.
+ */
+import nacl from "tweetnacl";
+import type { Clock, KeyValueStore, Log, Random, SecretStore, Sha512 } from "./ports";
+import { canonicalBytes, parseCanonical, type Json } from "./canonical";
+import { fromBase64Url, toBase64Url, utf8Decode } from "./bytes";
+import { isThingName } from "./topics";
+import {
+  AccessList,
+  AccessRejection,
+  isCount,
+  isRecord,
+  isUserId,
+  signedListFromJson,
+  type AccessChange,
+  type OwnerEnrolment,
+  type ReasonCode,
+  type Role,
+  type SignatureCheck,
+} from "./access";
+import { wrapContentKey, type ContentKeyWrapping } from "./footage-keys";
+
+export type { ReasonCode } from "./access";
+
+export const COMMAND_VERSION = 1;
+/** Envelopes larger than this are refused unparsed (an access update with MAX_USERS users is ~2.6 KB). */
+export const MAX_COMMAND_BYTES = 4096;
+/** A command may not claim to stay valid longer than this ahead of the device's clock. */
+export const MAX_COMMAND_LIFETIME_MS = 10 * 60_000;
+export const MAX_STREAM_SECONDS = 600;
+const OUTER_MAX_DEPTH = 1;
+const INNER_MAX_DEPTH = 5;
+const NONCE_BYTES = 24;
+/** One KeyValueStore entry; "dw." like the sequence counter's, clear of the vault's "v…" records. */
+export const REPLAY_KEY = "dw.acl.hw";
+
+export type Op = "snapshot" | "chime-test" | "stream-start" | "stream-stop" | "access-update" | "revoke" | "revoke-all";
+
+/** Who may do what. Ringing the chime is not a viewer's right: a night-time chime is harassment. */
+export const PERMISSIONS: Readonly<Record<Op, readonly Role[]>> = {
+  snapshot: ["owner", "resident", "viewer"],
+  "stream-start": ["owner", "resident", "viewer"],
+  "stream-stop": ["owner", "resident", "viewer"],
+  "chime-test": ["owner", "resident"],
+  "access-update": ["owner"],
+  revoke: ["owner"],
+  "revoke-all": ["owner"],
+};
+
+/** Members each op carries besides the common {ctr, exp, from, gen, op, thing, v}. */
+const OP_ARGS: Readonly<Record<Op, readonly string[]>> = {
+  snapshot: [],
+  "chime-test": [],
+  "stream-start": ["seconds"],
+  "stream-stop": [],
+  "access-update": ["list"],
+  revoke: ["user"],
+  "revoke-all": [],
+};
+const COMMON = ["ctr", "exp", "from", "gen", "op", "thing", "v"];
+
+export const REASON_CODES: readonly ReasonCode[] = [
+  "malformed", "unknown-sender", "revoked", "bad-mac", "wrong-thing", "stale-generation",
+  "expired", "replay", "forbidden", "bad-signature", "busy", "storage-failed", "internal",
+];
+
+export interface CommandBody {
+  v: number;
+  thing: string;
+  from: string;
+  /** The access-list generation the sender believes current. */
+  gen: number;
+  /** Per-sender counter, strictly increasing (apps use max(last + 1, wall ms)). */
+  ctr: number;
+  /** Wall time (ms since epoch) after which the command is void. */
+  exp: number;
+  op: Op;
+  [arg: string]: Json;
+}
+
+/** True when brackets nest deeper than max, found by a byte scan, so a hostile document never reaches a recursive parser. */
+export function jsonNestsDeeper(bytes: Uint8Array, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  let escaped = false;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i];
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (b === 0x5c) escaped = true;
+      else if (b === 0x22) inString = false;
+    } else if (b === 0x22) inString = true;
+    else if (b === 0x5b || b === 0x7b) {
+      if (++depth > max) return true;
+    } else if (b === 0x5d || b === 0x7d) depth--;
+  }
+  return false;
+}
+
+function parseStrict(bytes: Uint8Array, maxDepth: number, what: string): Json {
+  if (jsonNestsDeeper(bytes, maxDepth)) throw new AccessRejection("malformed", `${what} nests too deeply`);
+  try {
+    return parseCanonical(bytes, MAX_COMMAND_BYTES);
+  } catch {
+    throw new AccessRejection("malformed", `${what} is not canonical JSON`);
+  }
+}
+
+// ---- the wire format, shared by the device and the apps ----
+
+/** Seal a command body for the device: the payload to publish on doorward/<thing>/commands. */
+export function sealCommand(body: CommandBody, commandKey: Uint8Array, nonce: Uint8Array): Uint8Array {
+  if (nonce.length !== NONCE_BYTES) throw new TypeError("command: nonce must be 24 bytes");
+  const box = nacl.secretbox(canonicalBytes(body), nonce, commandKey);
+  const payload = canonicalBytes({ box: toBase64Url(box), from: body.from, n: toBase64Url(nonce), v: COMMAND_VERSION });
+  if (payload.length > MAX_COMMAND_BYTES) throw new RangeError("command: envelope too large");
+  return payload;
+}
+
+export interface Reply {
+  v: number;
+  thing: string;
+  ok: boolean;
+  reason?: ReasonCode;
+  detail?: string;
+  /** Sender, counter, nonce and op of the command answered, when they could be read. */
+  from: string | null;
+  ctr: number | null;
+  n: string | null;
+  op: string | null;
+  /** Generation in force after the command. */
+  gen: number;
+  result?: Json;
+}
+
+export interface ReadReply {
+  reply: Reply;
+  /** True only when the seal opened under the reader's reply key and matches the clear reply. */
+  authenticated: boolean;
+}
+
+/** Parse a reply; with the sender's reply key, also check the device's seal. Throws TypeError on a malformed reply. */
+export function readReply(payload: Uint8Array, replyKey?: Uint8Array): ReadReply {
+  const doc = parseCanonical(payload, MAX_COMMAND_BYTES);
+  if (!isRecord(doc) || doc.v !== COMMAND_VERSION || typeof doc.ok !== "boolean" || !isCount(doc.gen)) throw new TypeError("reply: bad shape");
+  const { seal, ...clear } = doc;
+  let authenticated = false;
+  if (replyKey && isRecord(seal) && typeof seal.box === "string" && typeof seal.n === "string") {
+    const opened = nacl.secretbox.open(fromBase64Url(seal.box), fromBase64Url(seal.n), replyKey);
+    authenticated = opened !== null && utf8Decode(opened) === utf8Decode(canonicalBytes(clear));
+  }
+  return { reply: clear as unknown as Reply, authenticated };
+}
+
+// ---- replay high-water marks ----
+
+/** Per-sender counters, persisted in one key-value entry (one atomic write per accepted command). */
+export class ReplayGuard {
+  #store: KeyValueStore;
+  #marks = new Map<string, number>();
+
+  constructor(store: KeyValueStore) {
+    this.#store = store;
+    const raw = store.read(REPLAY_KEY);
+    if (raw === undefined) return;
+    let doc: Json;
+    try {
+      doc = parseCanonical(raw, 4000);
+    } catch {
+      doc = null;
+    }
+    // Fail closed: without the marks, any old command could be replayed.
+    if (!isRecord(doc)) throw new Error("commands: stored replay marks are corrupt");
+    for (const [id, n] of Object.entries(doc)) {
+      if (!isUserId(id) || !isCount(n)) throw new Error("commands: stored replay marks are corrupt");
+      this.#marks.set(id, n);
+    }
+  }
+
+  highWater(id: string): number {
+    return this.#marks.get(id) ?? 0;
+  }
+
+  /** Store ctr as id's mark. Throws (and keeps the old mark) if storage fails. */
+  record(id: string, ctr: number, keep: (id: string) => boolean): void {
+    const next = new Map([...this.#marks].filter(([k]) => keep(k)));
+    next.set(id, ctr);
+    this.#write(next);
+    this.#marks = next;
+  }
+
+  /** Forget marks of users no longer listed: their commands carry an older generation anyway. */
+  prune(keep: (id: string) => boolean): void {
+    const next = new Map([...this.#marks].filter(([k]) => keep(k)));
+    if (next.size === this.#marks.size) return;
+    try {
+      this.#write(next);
+      this.#marks = next;
+    } catch {
+      // Harmless to keep them.
+    }
+  }
+
+  #write(marks: Map<string, number>): void {
+    const doc: Record<string, Json> = {};
+    for (const [k, v] of marks) doc[k] = v;
+    this.#store.write(REPLAY_KEY, canonicalBytes(doc));
+  }
+}
+
+// ---- live sessions ----
+
+export type SessionEndReason = "stopped" | "expired" | "revoked" | "replaced" | "rekeyed";
+
+export interface LiveSession {
+  readonly id: number;
+  readonly user: string;
+  readonly startedAt: number;
+  readonly endsAt: number;
+  frames: number;
+  open: boolean;
+  endReason?: SessionEndReason;
+}
+
+export interface LiveSessionsOptions {
+  clock: Clock;
+  intervalMs: number;
+  max: number;
+  /** Asked before every frame, so a session can never outlive its user's rights. */
+  allowed: (user: string) => boolean;
+  onFrame?: (session: LiveSession) => void;
+  onEnd?: (session: LiveSession, reason: SessionEndReason) => void;
+}
+
+/** Streams of snapshots, one per user at most, each a chain of scheduled frames. */
+export class LiveSessions {
+  #o: LiveSessionsOptions;
+  #open = new Map<number, { session: LiveSession; cancel: () => void }>();
+  #nextId = 1;
+
+  constructor(options: LiveSessionsOptions) {
+    this.#o = options;
+  }
+
+  active(): LiveSession[] {
+    return [...this.#open.values()].map((e) => e.session);
+  }
+
+  start(user: string, seconds: number): LiveSession {
+    this.endUsers([user], "replaced");
+    if (this.#open.size >= this.#o.max) throw new AccessRejection("busy", "too many live sessions");
+    const now = this.#o.clock.monotonic();
+    const session: LiveSession = { id: this.#nextId++, user, startedAt: now, endsAt: now + seconds * 1000, frames: 0, open: true };
+    const entry = { session, cancel: () => {} };
+    this.#open.set(session.id, entry);
+    const tick = () => {
+      if (!session.open) return;
+      if (!this.#o.allowed(user)) return this.#end(session.id, "revoked");
+      if (this.#o.clock.monotonic() >= session.endsAt) return this.#end(session.id, "expired");
+      session.frames++;
+      this.#o.onFrame?.(session);
+      if (session.open) entry.cancel = this.#o.clock.schedule(tick, this.#o.intervalMs);
+    };
+    entry.cancel = this.#o.clock.schedule(tick, 0);
+    return session;
+  }
+
+  /** End every open session of these users, now, before returning. Returns how many ended. */
+  endUsers(users: Iterable<string>, reason: SessionEndReason): number {
+    const set = new Set(users);
+    let n = 0;
+    for (const [id, e] of [...this.#open]) {
+      if (set.has(e.session.user)) {
+        this.#end(id, reason);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  #end(id: number, reason: SessionEndReason): void {
+    const e = this.#open.get(id);
+    if (!e) return;
+    this.#open.delete(id);
+    e.cancel();
+    e.session.open = false;
+    e.session.endReason = reason;
+    this.#o.onEnd?.(e.session, reason);
+  }
+}
+
+// ---- the device side ----
+
+export type CommandAction =
+  | { type: "snapshot"; user: string }
+  | { type: "chime-test"; user: string }
+  | { type: "stream-started"; user: string; session: LiveSession }
+  | { type: "stream-stopped"; user: string; sessions: number }
+  | { type: "access-changed"; change: AccessChange; sessionsEnded: number };
+
+export interface CommandOutcome {
+  ok: boolean;
+  reason?: ReasonCode;
+  detail?: string;
+  /** Sender id, once it was read from a well-formed envelope (not proof of who sent it unless ok). */
+  from: string | null;
+  op: Op | null;
+  /** Publish on doorward/<thing>/replies. */
+  reply: Uint8Array;
+  /** What the doorbell must do (capture, chime); absent on refusal. */
+  action?: CommandAction;
+}
+
+export interface AccessControlOptions {
+  thing: string;
+  /** Holds the list and the per-user keys (the vault on the device). */
+  secrets: SecretStore;
+  /** Holds the replay marks. */
+  store: KeyValueStore;
+  random: Random;
+  clock: Clock;
+  log: Log;
+  /** The device's X25519 secret key, from the vault. */
+  deviceBoxSecretKey: Uint8Array;
+  /** The first owner, from the provisioning bundle; used only when no list is stored yet. */
+  owner: OwnerEnrolment;
+  sha512?: Sha512;
+  verifySignature?: SignatureCheck;
+  /** Time between frames of a live session. Default 2000 ms. */
+  streamIntervalMs?: number;
+  /** Concurrent live sessions. Default 2 (camera and uplink are the limit). */
+  maxSessions?: number;
+  /** A live session wants a frame: capture, encrypt, publish. */
+  onSessionFrame?: (session: LiveSession) => void;
+  onSessionEnd?: (session: LiveSession, reason: SessionEndReason) => void;
+}
+
+interface Context {
+  from: string | null;
+  ctr: number | null;
+  n: string | null;
+  op: Op | null;
+  replyKey: Uint8Array | null;
+}
+
+export class AccessControl {
+  readonly thing: string;
+  readonly list: AccessList;
+  readonly sessions: LiveSessions;
+  readonly replay: ReplayGuard;
+  #o: AccessControlOptions;
+
+  constructor(options: AccessControlOptions) {
+    if (!isThingName(options.thing)) throw new TypeError("commands: bad thing name");
+    this.#o = options;
+    this.thing = options.thing;
+    this.list = new AccessList({
+      thing: options.thing,
+      secrets: options.secrets,
+      deviceBoxSecretKey: options.deviceBoxSecretKey,
+      owner: options.owner,
+      sha512: options.sha512,
+      verifySignature: options.verifySignature,
+    });
+    this.replay = new ReplayGuard(options.store);
+    this.sessions = new LiveSessions({
+      clock: options.clock,
+      intervalMs: options.streamIntervalMs ?? 2000,
+      max: options.maxSessions ?? 2,
+      allowed: (user) => this.list.user(user) !== undefined,
+      onFrame: options.onSessionFrame,
+      onEnd: (s, reason) => {
+        options.log("info", "live session ended", { session: s.id, user: s.user, reason, frames: s.frames });
+        options.onSessionEnd?.(s, reason);
+      },
+    });
+  }
+
+  get generation(): number {
+    return this.list.generation;
+  }
+
+  /** Wrap a snapshot's content key for everyone authorised now (see ./footage-keys). */
+  wrapContentKey(contentKey: Uint8Array, context?: Uint8Array): ContentKeyWrapping {
+    return wrapContentKey(contentKey, this.list, this.#o.random, context);
+  }
+
+  /** Check and run one command. Never throws; the reply says what happened. */
+  handleCommand(payload: Uint8Array): CommandOutcome {
+    const ctx: Context = { from: null, ctr: null, n: null, op: null, replyKey: null };
+    try {
+      return this.#handle(payload, ctx);
+    } catch (e) {
+      if (e instanceof AccessRejection) return this.#refuse(ctx, e.reason, e.detail);
+      this.#o.log("error", "command handler failed", { op: ctx.op });
+      return this.#refuse(ctx, "internal", "unexpected error");
+    }
+  }
+
+  #handle(payload: Uint8Array, ctx: Context): CommandOutcome {
+    if (!(payload instanceof Uint8Array)) throw new AccessRejection("malformed", "payload must be bytes");
+    if (payload.length > MAX_COMMAND_BYTES) throw new AccessRejection("malformed", "command too large");
+    const outer = parseStrict(payload, OUTER_MAX_DEPTH, "envelope");
+    if (!isRecord(outer) || Object.keys(outer).length !== 4 || outer.v !== COMMAND_VERSION || !isUserId(outer.from)
+      || typeof outer.n !== "string" || outer.n.length !== 32 || typeof outer.box !== "string" || outer.box.length < 22) {
+      throw new AccessRejection("malformed", "envelope must be {box,from,n,v}");
+    }
+    let nonce: Uint8Array, box: Uint8Array;
+    try {
+      nonce = fromBase64Url(outer.n);
+      box = fromBase64Url(outer.box);
+    } catch {
+      throw new AccessRejection("malformed", "envelope bytes must be base64url");
+    }
+    const from = outer.from;
+    ctx.from = from;
+    ctx.n = outer.n;
+
+    const user = this.list.user(from);
+    if (!user) {
+      if (this.list.isRevoked(from)) throw new AccessRejection("revoked", "sender was revoked");
+      throw new AccessRejection("unknown-sender", "sender is not on the access list");
+    }
+    const keys = this.list.keysFor(from)!;
+    const inner = nacl.secretbox.open(box, nonce, keys.command);
+    if (!inner) throw new AccessRejection("bad-mac", "command does not authenticate");
+    // From here the sender is proven, so replies are sealed for them.
+    ctx.replyKey = keys.reply;
+
+    const body = parseStrict(inner, INNER_MAX_DEPTH, "command");
+    if (!isRecord(body) || typeof body.op !== "string" || !Object.prototype.hasOwnProperty.call(OP_ARGS, body.op)) {
+      throw new AccessRejection("malformed", "unknown op");
+    }
+    const op = body.op as Op;
+    const names = [...COMMON, ...OP_ARGS[op]];
+    if (Object.keys(body).length !== names.length || !names.every((k) => Object.prototype.hasOwnProperty.call(body, k))) {
+      throw new AccessRejection("malformed", "wrong members for op");
+    }
+    if (body.v !== COMMAND_VERSION || !isCount(body.ctr, 1) || !isCount(body.exp) || !isCount(body.gen, 1) || typeof body.thing !== "string") {
+      throw new AccessRejection("malformed", "bad member types");
+    }
+    if (body.from !== from) throw new AccessRejection("malformed", "body sender differs from envelope");
+    ctx.op = op;
+    ctx.ctr = body.ctr;
+    const args = parseArgs(op, body);
+
+    if (body.thing !== this.thing) throw new AccessRejection("wrong-thing", "command is for another thing");
+    if (body.gen !== this.list.generation) {
+      throw new AccessRejection("stale-generation", body.gen < this.list.generation ? "access list has changed since" : "device has not seen that generation");
+    }
+    const now = this.#o.clock.wallTime();
+    if (now === undefined) throw new AccessRejection("expired", "device has no trusted time yet");
+    if (body.exp < now) throw new AccessRejection("expired", "command has expired");
+    if (body.exp > now + MAX_COMMAND_LIFETIME_MS) throw new AccessRejection("malformed", "expiry too far ahead");
+    if (body.ctr <= this.replay.highWater(from)) throw new AccessRejection("replay", "counter already used");
+    if (!PERMISSIONS[op].includes(user.role)) throw new AccessRejection("forbidden", `a ${user.role} may not ${op}`);
+
+    try {
+      this.replay.record(from, body.ctr, (id) => this.list.user(id) !== undefined);
+    } catch {
+      throw new AccessRejection("storage-failed", "could not store the replay counter");
+    }
+    return this.#run(op, args, user.id, ctx);
+  }
+
+  #run(op: Op, args: Args, from: string, ctx: Context): CommandOutcome {
+    switch (op) {
+      case "snapshot":
+        return this.#accept(ctx, {}, { type: "snapshot", user: from });
+      case "chime-test":
+        return this.#accept(ctx, {}, { type: "chime-test", user: from });
+      case "stream-start": {
+        const session = this.sessions.start(from, args.seconds!);
+        return this.#accept(ctx, { session: session.id, seconds: args.seconds! }, { type: "stream-started", user: from, session });
+      }
+      case "stream-stop": {
+        const n = this.sessions.endUsers([from], "stopped");
+        return this.#accept(ctx, { stopped: n }, { type: "stream-stopped", user: from, sessions: n });
+      }
+      case "revoke":
+        return this.#changed(ctx, () => this.list.revokeUser(args.user!));
+      case "revoke-all":
+        return this.#changed(ctx, () => this.list.revokeAllExceptOwner());
+      case "access-update":
+        return this.#changed(ctx, () => this.list.applySignedList(args.list!));
+    }
+  }
+
+  #changed(ctx: Context, apply: () => AccessChange): CommandOutcome {
+    let change: AccessChange;
+    try {
+      change = apply();
+    } catch (e) {
+      // A revocation that could not be stored is still in force in RAM: end its sessions too.
+      this.#endSessionsOfUnlisted();
+      throw e;
+    }
+    const ended = this.sessions.endUsers(change.removed, "revoked") + this.sessions.endUsers(change.rekeyed, "rekeyed");
+    this.replay.prune((id) => this.list.user(id) !== undefined);
+    this.#o.log("info", "access list changed", { gen: change.gen, added: change.added.length, removed: change.removed.length, sessionsEnded: ended });
+    const result: Json = { added: change.added, gen: change.gen, rekeyed: change.rekeyed, removed: change.removed };
+    return this.#accept(ctx, result, { type: "access-changed", change, sessionsEnded: ended });
+  }
+
+  #endSessionsOfUnlisted(): void {
+    const gone = this.sessions.active().map((s) => s.user).filter((u) => this.list.user(u) === undefined);
+    this.sessions.endUsers(gone, "revoked");
+  }
+
+  #accept(ctx: Context, result: Json, action: CommandAction): CommandOutcome {
+    this.#o.log("info", "command accepted", { from: ctx.from, op: ctx.op, ctr: ctx.ctr, gen: this.list.generation });
+    const reply = this.#reply(ctx, { ok: true, result });
+    return { ok: true, from: ctx.from, op: ctx.op, reply, action };
+  }
+
+  #refuse(ctx: Context, reason: ReasonCode, detail: string): CommandOutcome {
+    this.#o.log("warn", "command refused", { reason, from: ctx.from, op: ctx.op });
+    return { ok: false, reason, detail, from: ctx.from, op: ctx.op, reply: this.#reply(ctx, { ok: false, reason, detail }) };
+  }
+
+  #reply(ctx: Context, fields: { ok: boolean; reason?: ReasonCode; detail?: string; result?: Json }): Uint8Array {
+    const clear: Record<string, Json> = {
+      ctr: ctx.ctr, from: ctx.from, gen: this.list.generation, n: ctx.n, ok: fields.ok, op: ctx.op, thing: this.thing, v: COMMAND_VERSION,
+    };
+    if (fields.reason !== undefined) clear.reason = fields.reason;
+    if (fields.detail !== undefined) clear.detail = fields.detail;
+    if (fields.result !== undefined) clear.result = fields.result;
+    // The reply key of a sender revoked by this very command is already wiped: it gets a clear reply.
+    const key = ctx.replyKey && ctx.from && this.list.keysFor(ctx.from) ? ctx.replyKey : null;
+    if (key) {
+      try {
+        const n = new Uint8Array(NONCE_BYTES);
+        this.#o.random.fill(n);
+        const box = nacl.secretbox(canonicalBytes(clear), n, key);
+        return canonicalBytes({ ...clear, seal: { box: toBase64Url(box), n: toBase64Url(n) } });
+      } catch {
+        // An unsealed reply is still a reply.
+      }
+    }
+    return canonicalBytes(clear);
+  }
+}
+
+interface Args {
+  seconds?: number;
+  user?: string;
+  list?: ReturnType<typeof signedListFromJson>;
+}
+
+function parseArgs(op: Op, body: Record<string, Json>): Args {
+  switch (op) {
+    case "stream-start":
+      if (!isCount(body.seconds, 1) || body.seconds > MAX_STREAM_SECONDS) throw new AccessRejection("malformed", "seconds must be 1-600");
+      return { seconds: body.seconds };
+    case "revoke":
+      if (!isUserId(body.user)) throw new AccessRejection("malformed", "bad user id");
+      return { user: body.user };
+    case "access-update":
+      return { list: signedListFromJson(body.list) };
+    default:
+      return {};
+  }
+}
+
+/** A reply as text, for logs. */
+export function replyText(reply: Uint8Array): string {
+  try {
+    return utf8Decode(reply);
+  } catch {
+    return "<not utf-8>";
+  }
+}

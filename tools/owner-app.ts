@@ -1,0 +1,462 @@
+/*
+ * The owner's app, and a shared user's, reduced to what the protocol needs.
+ *
+ * A library for tests and the simulator (and a small CLI for key files): it
+ * makes user key pairs, derives the same per-user keys the device derives
+ * (X25519 with the device's box key, then ./access deriveUserKeys), seals
+ * commands, checks the device's sealed replies, signs access lists as the
+ * owner, and unwraps snapshot content keys. AppLink carries commands and
+ * replies over an mqtt.js client (the cloud relay); the apps themselves never
+ * touch the network, so tests can feed payloads straight to the device.
+ *
+ *   npx tsx tools/owner-app.ts keygen --id alice --role resident --out alice.json
+ *   npx tsx tools/owner-app.ts show alice.json
+ */
+import fs from "node:fs";
+import nacl from "tweetnacl";
+import type { MqttClient } from "mqtt";
+import type { Clock, KeyValueStore, Log, Random, SecretStore } from "../modules/core/ports";
+import {
+  ROLES,
+  SECRET_KEYS,
+  SECRET_LIST,
+  isUserId,
+  listSigningMessage,
+  signedListToJson,
+  userKeysFor,
+  ACCESS_VERSION,
+  type AccessUser,
+  type Role,
+  type SignedAccessList,
+  type UserKeys,
+} from "../modules/core/access";
+import {
+  AccessControl,
+  COMMAND_VERSION,
+  readReply,
+  sealCommand,
+  type AccessControlOptions,
+  type CommandBody,
+  type CommandOutcome,
+  type Op,
+  type ReadReply,
+} from "../modules/core/commands";
+import { MemoryStore } from "../modules/host/file-store";
+import { unwrapContentKey, type ContentKeyWrapping } from "../modules/core/footage-keys";
+import { fromBase64Url, toBase64Url, toHex } from "../modules/core/bytes";
+import type { Json } from "../modules/core/canonical";
+import { topicsFor } from "../modules/core/topics";
+
+const nodeRandom: Random = { fill: (t) => t.set(nacl.randomBytes(t.length)) };
+
+/** A user's secret keys and public identity. The secret halves never leave the app. */
+export interface AppKeys {
+  identity: AccessUser;
+  /** Ed25519 secret key (64 bytes, tweetnacl form). Only the owner's is ever used (to sign lists). */
+  signSecretKey: Uint8Array;
+  /** X25519 secret key (32 bytes). */
+  boxSecretKey: Uint8Array;
+}
+
+export function createUserKeys(id: string, role: Role, random: Random = nodeRandom): AppKeys {
+  if (!isUserId(id)) throw new TypeError(`bad user id "${id}": 1-24 of [a-z0-9._-], starting with a letter or digit`);
+  const seed = new Uint8Array(32);
+  const boxSecret = new Uint8Array(32);
+  random.fill(seed);
+  random.fill(boxSecret);
+  const sign = nacl.sign.keyPair.fromSeed(seed);
+  const box = nacl.box.keyPair.fromSecretKey(boxSecret);
+  return { identity: { id, role, signPublicKey: sign.publicKey, boxPublicKey: box.publicKey }, signSecretKey: sign.secretKey, boxSecretKey: box.secretKey };
+}
+
+/** The device's X25519 pair, as provisioning makes it (the secret half goes into the vault). */
+export function createDeviceBoxKeys(random: Random = nodeRandom): { publicKey: Uint8Array; secretKey: Uint8Array } {
+  const secret = new Uint8Array(32);
+  random.fill(secret);
+  return nacl.box.keyPair.fromSecretKey(secret);
+}
+
+export function keysToJson(k: AppKeys): Record<string, string> {
+  return { id: k.identity.id, role: k.identity.role, sign: toBase64Url(k.signSecretKey.subarray(0, 32)), box: toBase64Url(k.boxSecretKey) };
+}
+
+export function keysFromJson(v: unknown): AppKeys {
+  const o = v as Record<string, unknown>;
+  if (!o || !isUserId(o.id) || !(ROLES as readonly unknown[]).includes(o.role) || typeof o.sign !== "string" || typeof o.box !== "string") throw new TypeError("not a key file");
+  const sign = nacl.sign.keyPair.fromSeed(fromBase64Url(o.sign));
+  const box = nacl.box.keyPair.fromSecretKey(fromBase64Url(o.box));
+  return { identity: { id: o.id, role: o.role as Role, signPublicKey: sign.publicKey, boxPublicKey: box.publicKey }, signSecretKey: sign.secretKey, boxSecretKey: box.secretKey };
+}
+
+export function saveKeys(file: string, k: AppKeys): void {
+  fs.writeFileSync(file, JSON.stringify(keysToJson(k), null, 2) + "\n", { mode: 0o600 });
+}
+
+export function loadKeys(file: string): AppKeys {
+  return keysFromJson(JSON.parse(fs.readFileSync(file, "utf8")));
+}
+
+export interface UserAppOptions {
+  keys: AppKeys;
+  thing: string;
+  /** From the provisioning bundle or the device's registration record. */
+  deviceBoxPublicKey: Uint8Array;
+  /** The list generation the app last saw (learned from replies). Default 1. */
+  gen?: number;
+  /** How long a command stays valid. Default 60 s. */
+  ttlMs?: number;
+  now?: () => number;
+  random?: Random;
+}
+
+export interface MadeCommand {
+  payload: Uint8Array;
+  body: CommandBody;
+  /** The envelope nonce, base64url: replies quote it as `n`. */
+  n: string;
+}
+
+/** A shared user's app (resident or viewer); the owner's extends it. */
+export class UserApp {
+  readonly keys: AppKeys;
+  readonly thing: string;
+  /** The generation the app believes current; updated from authenticated replies. */
+  gen: number;
+  protected now: () => number;
+  protected random: Random;
+  #derived: UserKeys;
+  #ttlMs: number;
+  #lastCtr = 0;
+
+  constructor(o: UserAppOptions) {
+    this.keys = o.keys;
+    this.thing = o.thing;
+    this.gen = o.gen ?? 1;
+    this.now = o.now ?? (() => Date.now());
+    this.random = o.random ?? nodeRandom;
+    this.#ttlMs = o.ttlMs ?? 60_000;
+    this.#derived = userKeysFor(o.deviceBoxPublicKey, o.keys.boxSecretKey);
+  }
+
+  get id(): string {
+    return this.keys.identity.id;
+  }
+  get identity(): AccessUser {
+    return this.keys.identity;
+  }
+  /** The footage key, for tests that try it on boxes made for others. */
+  get footageKey(): Uint8Array {
+    return this.#derived.footage.slice();
+  }
+
+  /** Seal a command. Counters are max(last + 1, wall ms): increasing across app restarts without storing them. */
+  command(op: Op, args: Record<string, Json> = {}, o: { gen?: number; ctr?: number; exp?: number } = {}): MadeCommand {
+    const now = this.now();
+    const ctr = o.ctr ?? Math.max(this.#lastCtr + 1, now);
+    this.#lastCtr = Math.max(this.#lastCtr, ctr);
+    const body: CommandBody = { ...args, v: COMMAND_VERSION, thing: this.thing, from: this.id, gen: o.gen ?? this.gen, ctr, exp: o.exp ?? now + this.#ttlMs, op };
+    const nonce = new Uint8Array(24);
+    this.random.fill(nonce);
+    return { payload: sealCommand(body, this.#derived.command, nonce), body, n: toBase64Url(nonce) };
+  }
+
+  /** Read a reply; learns the generation from authenticated replies addressed to this app. */
+  read(payload: Uint8Array): ReadReply {
+    const r = readReply(payload, this.#derived.reply);
+    if (r.authenticated && r.reply.from === this.id && r.reply.thing === this.thing) this.gen = r.reply.gen;
+    return r;
+  }
+
+  /** The content key of a snapshot, if this user was authorised when it was captured. */
+  unwrap(wrapping: ContentKeyWrapping, context?: Uint8Array): Uint8Array | undefined {
+    for (const entry of wrapping.keys) {
+      if (entry.user !== this.id) continue;
+      const key = unwrapContentKey(entry, this.#derived.footage, context);
+      if (key) return key;
+    }
+    return undefined;
+  }
+}
+
+/** The owner's app: everything a user's app does, plus signing and changing the list. */
+export class OwnerApp extends UserApp {
+  /** The owner's view of the list, updated when the device confirms a change. */
+  users: AccessUser[];
+  #pending = new Map<string, (reply: ReadReply) => void>();
+
+  constructor(o: UserAppOptions & { users?: AccessUser[] }) {
+    super(o);
+    if (o.keys.identity.role !== "owner") throw new TypeError("OwnerApp needs owner keys");
+    this.users = o.users ?? [o.keys.identity];
+  }
+
+  signList(users: AccessUser[], gen: number): SignedAccessList {
+    const list = { v: ACCESS_VERSION, thing: this.thing, gen, users };
+    return { list, signature: nacl.sign.detached(listSigningMessage(list), this.keys.signSecretKey) };
+  }
+
+  /** A signed list update (the grant path): the new list at the next generation. */
+  updateList(users: AccessUser[], o: { gen?: number; listGen?: number; exp?: number } = {}): MadeCommand {
+    const signed = this.signList(users, o.listGen ?? this.gen + 1);
+    const made = this.command("access-update", { list: signedListToJson(signed) }, o);
+    this.#pending.set(made.n, (r) => { if (r.reply.ok) this.users = users; });
+    return made;
+  }
+
+  addUser(identity: AccessUser): MadeCommand {
+    return this.updateList([...this.users.filter((u) => u.id !== identity.id), identity]);
+  }
+
+  revoke(id: string, o: { gen?: number; exp?: number } = {}): MadeCommand {
+    const made = this.command("revoke", { user: id }, o);
+    this.#pending.set(made.n, (r) => { if (r.reply.ok) this.users = this.users.filter((u) => u.id !== id); });
+    return made;
+  }
+
+  /** "Password changed": everyone but the owner loses access at once. */
+  revokeAll(o: { gen?: number; exp?: number } = {}): MadeCommand {
+    const made = this.command("revoke-all", {}, o);
+    this.#pending.set(made.n, (r) => { if (r.reply.ok) this.users = this.users.filter((u) => u.role === "owner"); });
+    return made;
+  }
+
+  override read(payload: Uint8Array): ReadReply {
+    const r = super.read(payload);
+    if (r.authenticated && r.reply.n !== null) {
+      const apply = this.#pending.get(r.reply.n);
+      this.#pending.delete(r.reply.n);
+      apply?.(r);
+    }
+    return r;
+  }
+}
+
+/**
+ * Commands over MQTT through the cloud relay: publish on doorward/<thing>/commands,
+ * wait for the reply quoting the command's nonce on doorward/<thing>/replies.
+ */
+export class AppLink {
+  readonly topics: ReturnType<typeof topicsFor>;
+  #client: MqttClient;
+  #waiting = new Map<string, (payload: Uint8Array) => void>();
+  #onMessage = (topic: string, buf: Buffer) => {
+    if (topic !== this.topics.replies) return;
+    const payload = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+    try {
+      const n = readReply(payload).reply.n;
+      if (n !== null) this.#waiting.get(n)?.(payload);
+    } catch {
+      // Not a reply: ignore.
+    }
+  };
+
+  constructor(client: MqttClient, thing: string) {
+    this.#client = client;
+    this.topics = topicsFor(thing);
+    client.on("message", this.#onMessage);
+  }
+
+  start(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#client.subscribe(this.topics.replies, { qos: 1 }, (err, granted) => {
+        if (err) reject(err);
+        else if (granted?.some((g) => g.qos === 128)) reject(new Error("reply subscription refused"));
+        else resolve();
+      });
+    });
+  }
+
+  close(): void {
+    this.#client.off("message", this.#onMessage);
+  }
+
+  /** Send a command and resolve with the app's reading of the reply. On stale-generation, remake once with the generation the device reported. */
+  async request(app: UserApp, make: () => MadeCommand, o: { timeoutMs?: number; retryStale?: boolean } = {}): Promise<ReadReply> {
+    const first = await this.#roundTrip(app, make(), o.timeoutMs ?? 5000);
+    if (first.authenticated && first.reply.reason === "stale-generation" && (o.retryStale ?? true)) {
+      return this.#roundTrip(app, make(), o.timeoutMs ?? 5000);
+    }
+    return first;
+  }
+
+  #roundTrip(app: UserApp, made: MadeCommand, timeoutMs: number): Promise<ReadReply> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiting.delete(made.n);
+        reject(new Error(`no reply to ${made.body.op} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#waiting.set(made.n, (payload) => {
+        clearTimeout(timer);
+        this.#waiting.delete(made.n);
+        resolve(app.read(payload));
+      });
+      this.#client.publish(this.topics.commands, Buffer.from(made.payload), { qos: 1 }, (err) => {
+        if (err) {
+          clearTimeout(timer);
+          this.#waiting.delete(made.n);
+          reject(err);
+        }
+      });
+    });
+  }
+}
+
+/** A SecretStore in RAM, for tests and for the simulator until it runs the vault. Not secret at all. */
+export class MemorySecretStore implements SecretStore {
+  readonly entries = new Map<string, Uint8Array>();
+  get(name: string): Uint8Array | undefined {
+    return this.entries.get(name)?.slice();
+  }
+  set(name: string, value: Uint8Array): void {
+    this.entries.set(name, value.slice());
+  }
+  delete(name: string): void {
+    this.entries.delete(name);
+  }
+}
+
+/** A clock whose time moves only when told to: timers run in order inside advance(). */
+export class ManualClock implements Clock {
+  #now = 0;
+  #timers: Array<{ at: number; seq: number; fn: () => void }> = [];
+  #seq = 0;
+  /** wallOrigin null: a device with no trusted time yet (before SNTP). */
+  constructor(readonly wallOrigin: number | null = 1_780_000_000_000) {}
+  monotonic(): number {
+    return this.#now;
+  }
+  wallTime(): number | undefined {
+    return this.wallOrigin === null ? undefined : this.wallOrigin + this.#now;
+  }
+  schedule(fn: () => void, delayMs: number): () => void {
+    const t = { at: this.#now + Math.max(0, delayMs), seq: this.#seq++, fn };
+    this.#timers.push(t);
+    return () => {
+      const i = this.#timers.indexOf(t);
+      if (i >= 0) this.#timers.splice(i, 1);
+    };
+  }
+  get pending(): number {
+    return this.#timers.length;
+  }
+  /** Move time forward, running every timer that falls due (at most 100 000, so a runaway chain fails loudly). */
+  advance(ms: number): void {
+    const end = this.#now + ms;
+    for (let guard = 0; guard < 100_000; guard++) {
+      this.#timers.sort((a, b) => a.at - b.at || a.seq - b.seq);
+      const next = this.#timers[0];
+      if (!next || next.at > end) {
+        this.#now = end;
+        return;
+      }
+      this.#timers.shift();
+      this.#now = next.at;
+      next.fn();
+    }
+    throw new Error("ManualClock: too many timers");
+  }
+}
+
+/**
+ * A device-side AccessControl with an owner app, in RAM: what tests and the
+ * simulator need to play owner, shared users and doorbell in one process.
+ */
+export class AccessTestbed {
+  readonly thing: string;
+  readonly device = createDeviceBoxKeys();
+  readonly ownerKeys: AppKeys;
+  readonly owner: OwnerApp;
+  /** The device's SecretStore (RAM by default; tests may pass the vault). Replaceable, to model a reopen. */
+  secrets: SecretStore;
+  readonly store: KeyValueStore = new MemoryStore();
+  readonly clock: Clock;
+  readonly logs: Array<{ level: string; message: string; fields?: Record<string, unknown> }> = [];
+  readonly log: Log = (level, message, fields) => this.logs.push({ level, message, fields });
+  access: AccessControl;
+  #extra: Partial<AccessControlOptions>;
+
+  constructor(o: { thing?: string; clock?: Clock; ownerId?: string; secrets?: SecretStore; store?: KeyValueStore; access?: Partial<AccessControlOptions> } = {}) {
+    this.thing = o.thing ?? "porch-1";
+    this.secrets = o.secrets ?? new MemorySecretStore();
+    if (o.store) this.store = o.store;
+    this.clock = o.clock ?? new ManualClock();
+    this.ownerKeys = createUserKeys(o.ownerId ?? "owner", "owner");
+    this.#extra = o.access ?? {};
+    this.access = this.boot();
+    this.owner = new OwnerApp({ keys: this.ownerKeys, thing: this.thing, deviceBoxPublicKey: this.device.publicKey, now: () => this.now() });
+  }
+
+  now(): number {
+    return this.clock.wallTime() ?? Date.now();
+  }
+
+  /** A fresh AccessControl over the same stores: what a reboot does. */
+  boot(extra: Partial<AccessControlOptions> = {}): AccessControl {
+    this.access = new AccessControl({
+      thing: this.thing,
+      secrets: this.secrets,
+      store: this.store,
+      random: nodeRandom,
+      clock: this.clock,
+      log: this.log,
+      deviceBoxSecretKey: this.device.secretKey,
+      owner: this.ownerKeys.identity,
+      ...this.#extra,
+      ...extra,
+    });
+    return this.access;
+  }
+
+  app(keys: AppKeys): UserApp {
+    return new UserApp({ keys, thing: this.thing, deviceBoxPublicKey: this.device.publicKey, gen: this.access.generation, now: () => this.now() });
+  }
+
+  /** Deliver a command to the device and let the sending app read the reply. */
+  send(app: UserApp, made: MadeCommand): CommandOutcome & { read: ReadReply } {
+    const outcome = this.access.handleCommand(made.payload);
+    return { ...outcome, read: app.read(outcome.reply) };
+  }
+
+  /** Owner adds a user through a signed list update; returns that user's app. Throws if the device refuses. */
+  addUser(id: string, role: Role): UserApp {
+    const keys = createUserKeys(id, role);
+    const r = this.send(this.owner, this.owner.addUser(keys.identity));
+    if (!r.ok) throw new Error(`device refused to add ${id}: ${r.reason} (${r.detail})`);
+    return this.app(keys);
+  }
+
+  /** Every stored byte, for "state unchanged" checks. */
+  snapshotState(): string {
+    const kv = this.store.keys().map((k) => `${k}=${toHex(this.store.read(k)!)}`);
+    const sec = [SECRET_LIST, SECRET_KEYS].map((k) => `${k}=${toHex(this.secrets.get(k) ?? new Uint8Array(0))}`);
+    return [...kv, ...sec, `gen=${this.access.generation}`, `sessions=${this.access.sessions.active().map((s) => s.id).join(",")}`].join("\n");
+  }
+}
+
+function cli(argv: string[]): number {
+  const [verb, ...rest] = argv;
+  const opt = (name: string) => {
+    const i = rest.indexOf(`--${name}`);
+    return i >= 0 ? rest[i + 1] : undefined;
+  };
+  if (verb === "keygen") {
+    const id = opt("id"), role = (opt("role") ?? "resident") as Role, out = opt("out");
+    if (!id || !out || !ROLES.includes(role)) {
+      process.stderr.write("usage: owner-app keygen --id ID [--role owner|resident|viewer] --out FILE\n");
+      return 2;
+    }
+    const k = createUserKeys(id, role);
+    saveKeys(out, k);
+    process.stdout.write(`${id} (${role}) sign ${toHex(k.identity.signPublicKey)} box ${toHex(k.identity.boxPublicKey)} → ${out}\n`);
+    return 0;
+  }
+  if (verb === "show" && rest[0]) {
+    const k = loadKeys(rest[0]);
+    process.stdout.write(JSON.stringify({ id: k.identity.id, role: k.identity.role, sign: toBase64Url(k.identity.signPublicKey), box: toBase64Url(k.identity.boxPublicKey) }) + "\n");
+    return 0;
+  }
+  process.stderr.write("usage: owner-app keygen --id ID [--role ROLE] --out FILE | owner-app show FILE\n");
+  return 2;
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) process.exit(cli(process.argv.slice(2)));
