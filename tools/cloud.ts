@@ -61,6 +61,7 @@ export class CloudConsumer {
         rejectUnauthorized: true, clean: true, reconnectPeriod: 1000, protocolVersion: 4,
       });
       this.#client = client;
+      (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
       client.on("message", (topic, buf) => this.#handle(topic, new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)));
       client.once("error", reject);
       client.once("connect", () => {

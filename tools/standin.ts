@@ -234,6 +234,8 @@ export class Standin extends EventEmitter {
       ...(options.ciphers ? { ciphers: options.ciphers } : {}),
     });
     this.#server.on("connection", (socket: net.Socket) => {
+      // MQTT packets are small and latency-bound: don't let Nagle hold a PUBACK back for the next write.
+      socket.setNoDelay(true);
       this.#sockets.add(socket);
       socket.once("close", () => this.#sockets.delete(socket));
     });

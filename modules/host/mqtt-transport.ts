@@ -58,6 +58,8 @@ export class HostMqttTransport implements MqttTransport {
       queueQoSZero: false,
     });
     this.#client = client;
+    // A ring is one small packet: send it now rather than let Nagle wait for more (lwIP on the device sends at once too).
+    (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
     client.on("connect", () => handlers.onConnect());
     client.on("message", (topic, payload) => handlers.onMessage(topic, new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength)));
     client.on("error", (e) => (lastError = e.message));

@@ -62,6 +62,8 @@ export async function measureLatency(presses = 1000): Promise<LatencyResult> {
   while (!doorbell.link.online) await new Promise((r) => setTimeout(r, 5));
 
   const bareClient = mqtt.connect({ protocol: "mqtts", host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: "bench-bare", ca: pki.ca.certPem, cert: bare.certPem, key: bare.keyPem, reconnectPeriod: 0 });
+  // The baseline gets the same socket option as the device transport, so the ratio compares like with like.
+  (bareClient.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
   await new Promise<void>((resolve, reject) => { bareClient.once("connect", () => resolve()); bareClient.once("error", reject); });
 
   const verifiedAt = new Map<number, number>();
