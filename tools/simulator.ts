@@ -10,21 +10,29 @@
  *   npm start                       interactive
  *   npm start -- --rings 3 --exit   ring three times, wait for verification, exit 0/1
  */
+import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
 import readline from "node:readline";
 import { fileURLToPath } from "node:url";
-import { Doorbell } from "../modules/core/doorbell";
+import mqtt from "mqtt";
+import nacl from "tweetnacl";
+import { bootFirmware, type RunningFirmware } from "../modules/core/firmware";
+import { deviceBoxSecretFromSeed } from "../modules/core/access";
+import type { DeviceIdentity } from "../modules/core/provisioning";
 import { createHostClock } from "../modules/host/clock";
 import { hostRandom } from "../modules/host/random";
 import { FileStore } from "../modules/host/file-store";
+import { openKeyFile } from "../modules/host/key-file";
 import { createHostLog } from "../modules/host/log";
 import { HostMqttTransport } from "../modules/host/mqtt-transport";
 import { SimulatedButton } from "../modules/host/button";
-import { ensureDevPki, issueThingCredentials } from "./pki";
+import { ensureDevPki } from "./pki";
 import { startStandin } from "./standin";
 import { CloudConsumer } from "./cloud";
-import { toHex } from "../modules/core/bytes";
+import { devicePaths, main as provisionCli } from "./provision";
+import { AppLink, OwnerApp, UserApp, createUserKeys, keysFromJson, type AppKeys } from "./owner-app";
+import { toHex, toBase64Url } from "../modules/core/bytes";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -35,6 +43,7 @@ interface SimOptions {
   exit: boolean;
   buttonPort: number;
   quiet: boolean;
+  demoAccess: boolean;
 }
 
 function parseArgs(argv: string[]): SimOptions {
@@ -45,6 +54,7 @@ function parseArgs(argv: string[]): SimOptions {
     exit: false,
     buttonPort: Number(process.env.DOORWARD_BUTTON_PORT ?? 8080),
     quiet: false,
+    demoAccess: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -59,8 +69,9 @@ function parseArgs(argv: string[]): SimOptions {
     else if (a === "--thing") o.thing = value();
     else if (a === "--button-port") o.buttonPort = Number(value());
     else if (a === "--quiet") o.quiet = true;
+    else if (a === "--demo-access") o.demoAccess = true;
     else if (a === "--help" || a === "-h") {
-      process.stdout.write("usage: npm start -- [--rings N] [--exit] [--home DIR] [--thing NAME] [--button-port PORT] [--quiet]\n");
+      process.stdout.write("usage: npm start -- [--rings N] [--exit] [--demo-access] [--home DIR] [--thing NAME] [--button-port PORT] [--quiet]\n");
       process.exit(0);
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
@@ -72,35 +83,48 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   const say = (line: string) => process.stdout.write(line + "\n");
   const pkiDir = path.join(o.home, "pki");
   const pki = await ensureDevPki(pkiDir);
-  const creds = await issueThingCredentials(pkiDir, o.thing);
   const standin = await startStandin({ pki });
   say(`stand-in for AWS IoT Core on mqtts://127.0.0.1:${standin.port} (mutual TLS, dev CA in ${pkiDir})`);
 
-  const store = new FileStore(path.join(o.home, "things", o.thing, "nvs"));
-  // Development identity until provisioning lands: a seed the simulated device makes itself.
-  let seed = store.read("id.seed");
-  if (!seed) {
-    seed = new Uint8Array(32);
-    hostRandom.fill(seed);
-    store.write("id.seed", seed);
-  }
+  // First run: provision the simulated device over its local channel, as a maker would with tools/provision.ts.
+  const paths = devicePaths(o.home, o.thing);
+  if (!fs.existsSync(paths.vaultDir)) await provisionSimulatedDevice(o, say);
+
   const clock = createHostClock();
   const button = new SimulatedButton();
   const pressedAt = new Map<number, number>();
-  const doorbell = new Doorbell({
-    thing: o.thing,
-    signingSeed: seed,
+  const pem = (label: string, der: Uint8Array) => `-----BEGIN ${label}-----\n${Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n")}\n-----END ${label}-----\n`;
+  const firmware = bootFirmware({
     clock,
     random: hostRandom,
-    store,
-    transport: new HostMqttTransport({ host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: o.thing, ca: pki.ca.certPem, cert: creds.certPem, key: creds.keyPem }),
-    button,
+    vaultStore: new FileStore(paths.vaultDir),
+    store: new FileStore(paths.nvsDir),
+    keys: openKeyFile(paths.keyFile, { warn: () => {} }),
     log: createHostLog((line) => { if (!o.quiet) say(`  device ${line}`); }),
-    onRing: (ring) => pressedAt.set(ring.seq, clock.monotonic()),
+    button,
+    transport: (id: DeviceIdentity) => new HostMqttTransport({
+      host: "127.0.0.1", port: standin.port, servername: id.endpoint.host, clientId: id.thing,
+      ca: pem("CERTIFICATE", id.tls.certificate), cert: pem("CERTIFICATE", id.tls.clientCertificates[0]), key: pem("PRIVATE KEY", id.tls.clientKey),
+    }),
+    onChime: () => say("  chime ♪ ding-dong"),
   });
+  if (firmware.state !== "running") {
+    say(`device is ${firmware.state}: ${firmware.status.message}`);
+    say(`provision it again: npx tsx tools/provision.ts reset --thing ${o.thing} --yes, then npm start`);
+    await standin.close();
+    return 1;
+  }
+  const doorbell = firmware.doorbell;
+  const identity = firmware.identity;
+  const originalPress = doorbell.press.bind(doorbell);
+  doorbell.press = () => {
+    const ring = originalPress();
+    pressedAt.set(ring.seq, clock.monotonic());
+    return ring;
+  };
 
   const cloud = new CloudConsumer();
-  cloud.register(o.thing, doorbell.signer.publicKey);
+  cloud.register(identity.thing, identity.publicKey);
   await cloud.connect({ host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: `${pki.service.name}-sim`, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem });
   let verified = 0;
   let rejected = 0;
@@ -118,8 +142,8 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     }
   });
 
-  doorbell.start();
-  say(`doorbell ${o.thing} boot=${doorbell.sequence.boot} device key ${toHex(doorbell.signer.publicKey)}`);
+  say(`doorbell ${identity.thing} boot=${doorbell.sequence.boot} device key ${toHex(identity.publicKey)} (secrets in its encrypted vault)`);
+  const apps = await connectApps(o, pki, standin.port, firmware);
 
   const online = new Promise<void>((resolve) => {
     const poll = setInterval(() => { if (doorbell.link.online) { clearInterval(poll); resolve(); } }, 20);
@@ -131,18 +155,22 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     await new Promise((r) => setTimeout(r, 300));
   }
 
+  if (o.demoAccess) await apps.demo(say, () => button.press());
+
   const shutdown = async () => {
-    doorbell.stop();
+    apps.close();
+    firmware.stop();
     await cloud.close();
     await standin.close();
   };
 
   if (o.exit) {
+    const expected = o.rings + (o.demoAccess ? 2 : 0);
     const deadline = Date.now() + 15_000;
-    while (verified + rejected < o.rings && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (verified + rejected < expected && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     await shutdown();
-    say(`${verified} of ${o.rings} rings verified end to end, ${rejected} rejected`);
-    return verified === o.rings && rejected === 0 ? 0 : 1;
+    say(`${verified} of ${expected} rings verified end to end, ${rejected} rejected`);
+    return verified === expected && rejected === 0 ? 0 : 1;
   }
 
   const server = http.createServer((req, res) => {
@@ -157,13 +185,16 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     server.once("error", (e: NodeJS.ErrnoException) => { say(`button endpoint not started (${e.code}); keyboard only`); resolve(); });
     server.listen(o.buttonPort, "127.0.0.1", () => { say(`button endpoint: curl -X POST http://127.0.0.1:${o.buttonPort}/press`); resolve(); });
   });
-  say("press Enter to ring, type s + Enter for status, q + Enter to quit");
+  say("press Enter to ring · a: owner adds a guest · v: guest asks for a snapshot · r: owner revokes the guest · s: status · q: quit");
   const rl = readline.createInterface({ input: process.stdin });
   await new Promise<void>((resolve) => {
     rl.on("line", (line) => {
       const cmd = line.trim();
       if (cmd === "q") resolve();
       else if (cmd === "s") say(JSON.stringify({ ...doorbell.status(), verified, rejected }));
+      else if (cmd === "a") void apps.addGuest(say);
+      else if (cmd === "v") void apps.guestCommand(say);
+      else if (cmd === "r") void apps.revokeGuest(say);
       else button.press();
     });
     rl.on("close", resolve);
@@ -173,6 +204,72 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   server.close();
   await shutdown();
   return 0;
+}
+
+/** The local provisioning channel of the simulator: a bundle made by tools/provision.ts, fed once. */
+async function provisionSimulatedDevice(o: SimOptions, say: (line: string) => void): Promise<void> {
+  say(`provisioning ${o.thing} (first run): dev certificate from the local CA, a random simulated Wi-Fi passphrase, a development owner`);
+  const passphrase = new Uint8Array(18);
+  hostRandom.fill(passphrase);
+  const io = {
+    out: (line: string) => { if (!o.quiet) say(`  provision ${line}`); },
+    err: (line: string) => say(`  provision ${line}`),
+    readStdin: async () => new TextEncoder().encode(toBase64Url(passphrase)),
+    env: process.env,
+  };
+  const bundle = path.join(o.home, "bundles", `${o.thing}.json`);
+  if ((await provisionCli(["create", "--home", o.home, "--thing", o.thing, "--wifi-ssid", "doorward-sim", "--wifi-password-stdin", "--out", bundle, "--force"], io)) !== 0) throw new Error("provisioning: create failed");
+  if ((await provisionCli(["feed", "--home", o.home, "--bundle", bundle], io)) !== 0) throw new Error("provisioning: feed failed");
+}
+
+/** The owner's phone and a guest's phone, talking to the device through the cloud relay. */
+async function connectApps(o: SimOptions, pki: Awaited<ReturnType<typeof ensureDevPki>>, port: number, firmware: RunningFirmware) {
+  const client = mqtt.connect({ protocol: "mqtts", host: "127.0.0.1", port, servername: "localhost", clientId: `${pki.service.name}-apps`, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem, reconnectPeriod: 1000 });
+  await new Promise<void>((resolve, reject) => { client.once("connect", () => resolve()); client.once("error", reject); });
+  const thing = firmware.identity.thing;
+  const link = new AppLink(client, thing);
+  await link.start();
+  const deviceBoxPublicKey = nacl.box.keyPair.fromSecretKey(deviceBoxSecretFromSeed(firmware.identity.signingSeed)).publicKey;
+  const ownerDoc = JSON.parse(fs.readFileSync(path.join(o.home, "owner", "owner.secret.json"), "utf8")) as { signSeed: string; boxSecret: string };
+  const ownerKeys: AppKeys = keysFromJson({ id: "owner", role: "owner", sign: ownerDoc.signSeed, box: ownerDoc.boxSecret });
+  const owner = new OwnerApp({ keys: ownerKeys, thing, deviceBoxPublicKey, gen: firmware.access.generation });
+  const guestKeys = createUserKeys("guest", "viewer");
+  const guest = () => new UserApp({ keys: guestKeys, thing, deviceBoxPublicKey, gen: firmware.access.generation });
+  const show = (who: string, what: string, r: { reply: { ok: boolean; reason?: string | null }; authenticated: boolean }) =>
+    `${who}: ${what} → ${r.reply.ok ? "accepted" : `REFUSED (${r.reply.reason})`}${r.authenticated ? ", reply sealed by the device" : ""}`;
+  const api = {
+    async addGuest(say: (l: string) => void) {
+      say("owner adds a shared viewer \"guest\" (owner-signed access list; the device checks the Ed25519 signature once)");
+      const r = await link.request(owner, () => owner.addUser(guestKeys.identity), { timeoutMs: 30_000 });
+      say(show("owner", "add guest", r));
+    },
+    async guestCommand(say: (l: string) => void) {
+      const app = guest();
+      const r = await link.request(app, () => app.command("snapshot"), { retryStale: false });
+      say(show("guest", "request a snapshot", r));
+    },
+    async revokeGuest(say: (l: string) => void) {
+      const t0 = performance.now();
+      const r = await link.request(owner, () => owner.revoke("guest"));
+      say(`${show("owner", "revoke guest", r)} in ${(performance.now() - t0).toFixed(1)} ms round trip`);
+    },
+    async demo(say: (l: string) => void, ring: () => void) {
+      say("— access demo: add a shared user, ring, revoke, ring again —");
+      await api.addGuest(say);
+      await api.guestCommand(say);
+      ring();
+      await new Promise((r) => setTimeout(r, 300));
+      await api.revokeGuest(say);
+      await api.guestCommand(say);
+      ring();
+      await new Promise((r) => setTimeout(r, 300));
+    },
+    close() {
+      link.close();
+      client.end(true);
+    },
+  };
+  return api;
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

@@ -1,0 +1,114 @@
+/*
+ * The firmware, assembled: what runs after the board has power.
+ *
+ * Both entry points (modules/device/main.ts on a board, tools/simulator.ts on a
+ * laptop) hand their adapters to bootFirmware(); everything else is decided
+ * here, once: open the vault, check provisioning, and if the device has an
+ * identity, start access control and the doorbell with commands routed to it.
+ * An unprovisioned or damaged device does not crash or loop: it reports why and
+ * waits for a provisioning bundle on its local channel.
+ */
+import type { Button, Clock, KeyValueStore, Log, MqttTransport, Random, Sha512 } from "./ports";
+import { Vault, type KeyProvider } from "./vault";
+import { Provisioning, type DeviceIdentity, type ProvisioningStatus } from "./provisioning";
+import { AccessControl, type CommandOutcome } from "./commands";
+import { deviceBoxSecretFromSeed } from "./access";
+import { Doorbell } from "./doorbell";
+
+export interface FirmwarePorts {
+  clock: Clock;
+  random: Random;
+  /** Flash for secrets: only the vault reads or writes it. */
+  vaultStore: KeyValueStore;
+  /** Flash for everything else (boot counter, sequence marks, replay marks). */
+  store: KeyValueStore;
+  keys: KeyProvider;
+  log: Log;
+  /** Build the one MQTT transport from the provisioned identity (endpoint, client certificate, CA). */
+  transport: (identity: DeviceIdentity) => MqttTransport;
+  button?: Button;
+  sha512?: Sha512;
+  /** Drive the chime and the status LED from here. */
+  onPress?: () => void;
+  onChime?: () => void;
+}
+
+export interface RunningFirmware {
+  state: "running";
+  identity: DeviceIdentity;
+  doorbell: Doorbell;
+  access: AccessControl;
+  vault: Vault;
+  provisioning: Provisioning;
+  stop(): void;
+}
+
+export interface WaitingFirmware {
+  state: "unprovisioned" | "damaged";
+  status: ProvisioningStatus;
+  vault: Vault;
+  provisioning: Provisioning;
+}
+
+export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFirmware {
+  const { log } = ports;
+  const vault = Vault.open({ store: ports.vaultStore, keys: ports.keys, random: ports.random, log, sha512: ports.sha512 });
+  const provisioning = new Provisioning({ vault, random: ports.random, log });
+  const status = provisioning.status();
+  if (!status.provisioned) {
+    log(status.state === "damaged" ? "error" : "warn", status.message, { state: status.state });
+    return { state: status.state === "damaged" ? "damaged" : "unprovisioned", status, vault, provisioning };
+  }
+  const identity = provisioning.identity();
+
+  const access = new AccessControl({
+    thing: identity.thing,
+    secrets: vault,
+    store: ports.store,
+    random: ports.random,
+    clock: ports.clock,
+    log,
+    deviceBoxSecretKey: deviceBoxSecretFromSeed(identity.signingSeed, ports.sha512),
+    owner: { signPublicKey: identity.owner.signKey, boxPublicKey: identity.owner.boxKey },
+    sha512: ports.sha512,
+  });
+
+  let doorbell: Doorbell;
+  const onCommand = (payload: Uint8Array): CommandOutcome => {
+    const outcome = access.handleCommand(payload);
+    doorbell.send(doorbell.topics.replies, outcome.reply, 0);
+    const action = outcome.action;
+    if (action?.type === "chime-test") ports.onChime?.();
+    return outcome;
+  };
+
+  doorbell = new Doorbell({
+    thing: identity.thing,
+    signingSeed: identity.signingSeed,
+    signingPublicKey: identity.publicKey,
+    clock: ports.clock,
+    random: ports.random,
+    store: ports.store,
+    transport: ports.transport(identity),
+    log,
+    button: ports.button,
+    sha512: ports.sha512,
+    onPress: () => {
+      ports.onPress?.();
+      ports.onChime?.();
+    },
+    onMessage: (topic, payload) => {
+      if (topic === doorbell.topics.commands) onCommand(payload);
+    },
+  });
+  doorbell.start();
+  return {
+    state: "running",
+    identity,
+    doorbell,
+    access,
+    vault,
+    provisioning,
+    stop: () => doorbell.stop(),
+  };
+}
