@@ -27,6 +27,9 @@ import { openKeyFile } from "../modules/host/key-file";
 import { createHostLog } from "../modules/host/log";
 import { HostMqttTransport } from "../modules/host/mqtt-transport";
 import { SimulatedButton } from "../modules/host/button";
+import { FolderCamera } from "../modules/host/camera";
+import { hostAesGcm, hostSha256 } from "../modules/host/cipher";
+import { attachSnapshotViewer } from "./snapshot-consumer";
 import { ensureDevPki } from "./pki";
 import { startStandin } from "./standin";
 import { CloudConsumer } from "./cloud";
@@ -107,6 +110,9 @@ export async function runSimulator(o: SimOptions): Promise<number> {
       ca: pem("CERTIFICATE", id.tls.certificate), cert: pem("CERTIFICATE", id.tls.clientCertificates[0]), key: pem("PRIVATE KEY", id.tls.clientKey),
     }),
     onChime: () => say("  chime ♪ ding-dong"),
+    camera: new FolderCamera({ directory: path.join(REPO, "assets", "samples"), captureDelayMs: 60 }),
+    cipher: hostAesGcm,
+    sha256: hostSha256,
   });
   if (firmware.state !== "running") {
     say(`device is ${firmware.state}: ${firmware.status.message}`);
@@ -129,7 +135,9 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   let verified = 0;
   let rejected = 0;
   cloud.onEvent((e) => {
-    if (e.verdict.ok && e.openssl) {
+    if (e.verdict.ok && e.openssl && e.verdict.event.type !== "ring") {
+      if (!o.quiet) say(`cloud ✔ verified ${e.verdict.event.type} event seq=${e.verdict.event.seq} (for ring seq=${String(e.verdict.event.ring ?? "-")})`);
+    } else if (e.verdict.ok && e.openssl) {
       verified++;
       const t0 = pressedAt.get(e.verdict.event.seq);
       const ms = t0 === undefined ? "" : ` ${(performance.now() - t0).toFixed(1)} ms after the press`;
@@ -144,6 +152,13 @@ export async function runSimulator(o: SimOptions): Promise<number> {
 
   say(`doorbell ${identity.thing} boot=${doorbell.sequence.boot} device key ${toHex(identity.publicKey)} (secrets in its encrypted vault)`);
   const apps = await connectApps(o, pki, standin.port, firmware);
+  let snapshotsSaved = 0;
+  const viewer = await attachSnapshotViewer(
+    cloud,
+    { host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: `${pki.service.name}-sim-snapshots`, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem },
+    { viewer: { user: "owner", footageKey: apps.ownerFootageKey }, outDir: path.join(o.home, "snapshots"), say, pressedAt: (seq) => pressedAt.get(seq) },
+  );
+  viewer.onResult((r) => { if (r.ok) snapshotsSaved++; });
 
   const online = new Promise<void>((resolve) => {
     const poll = setInterval(() => { if (doorbell.link.online) { clearInterval(poll); resolve(); } }, 20);
@@ -159,6 +174,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
 
   const shutdown = async () => {
     apps.close();
+    await viewer.close?.();
     firmware.stop();
     await cloud.close();
     await standin.close();
@@ -167,10 +183,10 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   if (o.exit) {
     const expected = o.rings + (o.demoAccess ? 2 : 0);
     const deadline = Date.now() + 15_000;
-    while (verified + rejected < expected && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while ((verified + rejected < expected || snapshotsSaved < expected) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     await shutdown();
-    say(`${verified} of ${expected} rings verified end to end, ${rejected} rejected`);
-    return verified === expected && rejected === 0 ? 0 : 1;
+    say(`${verified} of ${expected} rings verified end to end, ${rejected} rejected, ${snapshotsSaved} snapshots decrypted`);
+    return verified === expected && rejected === 0 && snapshotsSaved === expected ? 0 : 1;
   }
 
   const server = http.createServer((req, res) => {
@@ -238,6 +254,7 @@ async function connectApps(o: SimOptions, pki: Awaited<ReturnType<typeof ensureD
   const show = (who: string, what: string, r: { reply: { ok: boolean; reason?: string | null }; authenticated: boolean }) =>
     `${who}: ${what} → ${r.reply.ok ? "accepted" : `REFUSED (${r.reply.reason})`}${r.authenticated ? ", reply sealed by the device" : ""}`;
   const api = {
+    ownerFootageKey: owner.footageKey,
     async addGuest(say: (l: string) => void) {
       say("owner adds a shared viewer \"guest\" (owner-signed access list; the device checks the Ed25519 signature once)");
       const r = await link.request(owner, () => owner.addUser(guestKeys.identity), { timeoutMs: 30_000 });

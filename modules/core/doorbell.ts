@@ -17,6 +17,9 @@ import { SequenceCounter } from "./sequence";
 import { Ed25519Signer } from "./signer";
 import { assertThingName, topicsFor } from "./topics";
 
+/** How long to wait before asking again when precomputation was deferred. */
+const PRECOMPUTE_RETRY_MS = 500;
+
 export interface DoorbellOptions {
   thing: string;
   /** The device's Ed25519 seed (32 bytes), from the secret store. */
@@ -34,6 +37,12 @@ export interface DoorbellOptions {
   debounceMs?: number;
   /** Idle time before topping up the nonce pool, so precomputation never competes with a burst of activity. */
   precomputeDelayMs?: number;
+  /**
+   * Asked before each idle nonce precomputation, which blocks a single-threaded
+   * engine for seconds on the device: return false to defer it (e.g. while a
+   * snapshot is streaming).
+   */
+  mayPrecompute?: () => boolean;
   /** Called synchronously at each recognised press, before signing: drive the chime and LED from here. */
   onPress?: () => void;
   /** Called when a ring's event has been sealed (signed bytes ready). */
@@ -177,6 +186,10 @@ export class Doorbell {
     this.#cancelPrecompute = this.#options.clock.schedule(() => {
       this.#cancelPrecompute = undefined;
       if (!this.#started) return;
+      if (this.#options.mayPrecompute && !this.#options.mayPrecompute()) {
+        this.#schedulePrecompute(PRECOMPUTE_RETRY_MS);
+        return;
+      }
       if (this.signer.precompute()) this.#schedulePrecompute(0);
     }, delayMs);
   }

@@ -8,7 +8,8 @@
  * An unprovisioned or damaged device does not crash or loop: it reports why and
  * waits for a provisioning bundle on its local channel.
  */
-import type { Button, Clock, KeyValueStore, Log, MqttTransport, Random, Sha512 } from "./ports";
+import type { Aead, Button, Camera, Clock, KeyValueStore, Log, MqttTransport, Random, Sha256Factory, Sha512 } from "./ports";
+import { Snapshotter } from "./snapshot";
 import { Vault, type KeyProvider } from "./vault";
 import { Provisioning, type DeviceIdentity, type ProvisioningStatus } from "./provisioning";
 import { AccessControl, type CommandOutcome } from "./commands";
@@ -28,6 +29,12 @@ export interface FirmwarePorts {
   transport: (identity: DeviceIdentity) => MqttTransport;
   button?: Button;
   sha512?: Sha512;
+  /** With all three, every ring is followed by an end-to-end encrypted snapshot. */
+  camera?: Camera;
+  cipher?: Aead;
+  sha256?: Sha256Factory;
+  /** Snapshot chunk size: sized to the device's free RAM (default 8 KB). */
+  chunkBytes?: number;
   /** Drive the chime and the status LED from here. */
   onPress?: () => void;
   onChime?: () => void;
@@ -38,6 +45,7 @@ export interface RunningFirmware {
   identity: DeviceIdentity;
   doorbell: Doorbell;
   access: AccessControl;
+  snapshots: Snapshotter | undefined;
   vault: Vault;
   provisioning: Provisioning;
   stop(): void;
@@ -74,6 +82,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
   });
 
   let doorbell: Doorbell;
+  let snapshots: Snapshotter | undefined;
   const onCommand = (payload: Uint8Array): CommandOutcome => {
     const outcome = access.handleCommand(payload);
     doorbell.send(doorbell.topics.replies, outcome.reply, 0);
@@ -97,16 +106,26 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
       ports.onPress?.();
       ports.onChime?.();
     },
+    // The ring is published first; its snapshot follows once the broker has acknowledged it.
+    onRing: (ring) => void snapshots?.onRing(ring),
+    mayPrecompute: () => !snapshots?.busy,
     onMessage: (topic, payload) => {
       if (topic === doorbell.topics.commands) onCommand(payload);
     },
   });
+  if (ports.camera && ports.cipher && ports.sha256) {
+    snapshots = new Snapshotter({
+      host: doorbell, camera: ports.camera, cipher: ports.cipher, sha256: ports.sha256, keys: access,
+      random: ports.random, clock: ports.clock, log, chunkBytes: ports.chunkBytes,
+    });
+  }
   doorbell.start();
   return {
     state: "running",
     identity,
     doorbell,
     access,
+    snapshots,
     vault,
     provisioning,
     stop: () => doorbell.stop(),

@@ -67,6 +67,8 @@ export interface Button {
 /** One JPEG frame per capture. The device returns a buffer in PSRAM that is valid until the next capture. */
 export interface Camera {
   capture(): Promise<Uint8Array>;
+  /** Hand the frame buffer back early (the device's disposable frames); optional. */
+  release?(): void;
 }
 
 /** Where a firmware image is written. Device: embedded:update (inactive OTA slot). Host: a file. */
@@ -88,6 +90,25 @@ export interface SecretStore {
   set(name: string, value: Uint8Array): void;
   delete(name: string): void;
 }
+
+/**
+ * Authenticated encryption of one chunk: AES-256-GCM with a 12-byte nonce and a
+ * 16-byte tag. Device: Moddable `crypt` BlockCipher + `gcm` (native AES, GHASH).
+ * Host: node:crypto.
+ */
+export interface Aead {
+  /** Returns ciphertext ‖ tag (plaintext.length + 16 bytes). */
+  seal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array;
+}
+
+/** An incremental digest, so a hash over many chunks never needs them all in memory. */
+export interface DigestStream {
+  update(data: Uint8Array): void;
+  /** The digest; the stream is finished afterwards. */
+  digest(): Uint8Array;
+}
+/** SHA-256 as a stream, native on the device (Moddable `crypt` Digest("SHA256")), node:crypto on the host. */
+export type Sha256Factory = () => DigestStream;
 
 /** SHA-512, replaceable by a native digest on the device (Moddable `crypt` Digest). */
 export type Sha512 = (data: Uint8Array) => Uint8Array;

@@ -28,7 +28,8 @@
  *   and its nonce is id[0..8) ‖ index, so a chunk cannot be moved to another
  *   index, another snapshot, or a snapshot of another length.
  */
-import type { Camera, Clock, Log, Random } from "./ports";
+import type { Aead, Camera, Clock, DigestStream, Log, Random, Sha256Factory } from "./ports";
+export type { Aead, DigestStream, Sha256Factory } from "./ports";
 import type { RingRecord, SentEvent } from "./doorbell";
 import type { DoorEvent } from "./events";
 import type { Json } from "./canonical";
@@ -37,33 +38,9 @@ import { newContentKey, wrappingFromJson, wrappingToJson, type ContentKeyWrappin
 
 // ---- ports this module needs (proposed for ports.ts) ----
 
-/**
- * Authenticated encryption of one chunk: AES-256-GCM with a 12-byte nonce and a
- * 16-byte tag. Device: Moddable `crypt` BlockCipher + `gcm` (native AES, GHASH).
- * Host: node:crypto.
- */
-export interface Aead {
-  /** Returns ciphertext ‖ tag (plaintext.length + 16 bytes). */
-  seal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array;
-}
-
-/** An incremental digest, so a hash over many chunks never needs them all in memory. */
-export interface DigestStream {
-  update(data: Uint8Array): void;
-  /** The digest; the stream is finished afterwards. */
-  digest(): Uint8Array;
-}
-/** SHA-256, native on the device (Moddable `crypt` Digest("SHA256")). */
-export type Sha256Factory = () => DigestStream;
-
 /** What the pipeline needs to wrap a content key for the users authorised now (modules/core/footage-keys FootageKeys). */
 export interface ContentKeyWrapper {
   wrapContentKey(contentKey: Uint8Array, context?: Uint8Array): ContentKeyWrapping;
-}
-
-/** A camera that can hand a frame back early (the device's disposable frame buffers). */
-export interface ReleasableCamera extends Camera {
-  release?(): void;
 }
 
 /** What the pipeline needs from the Doorbell (which satisfies it as it is). */
@@ -309,7 +286,7 @@ export function parseSnapshotManifest(event: DoorEvent): SnapshotManifest {
 
 export interface SnapshotterOptions {
   host: SnapshotHost;
-  camera: ReleasableCamera;
+  camera: Camera;
   cipher: Aead;
   sha256: Sha256Factory;
   keys: ContentKeyWrapper;

@@ -17,7 +17,7 @@
  * quality is a build define (manifest "defines": {"camera": {"jpeg_quality"}}).
  */
 import Camera419, { type DisposableFrame } from "embedded:io/image/in/camera";
-import type { ReleasableCamera } from "../core/snapshot";
+import type { Camera } from "../core/ports";
 
 export interface DeviceCameraOptions {
   /** Requested frame size; the driver picks the nearest it supports. Default 640×480 (VGA). */
@@ -34,7 +34,7 @@ interface PendingCapture {
   reject: (error: Error) => void;
 }
 
-export class DeviceCamera implements ReleasableCamera {
+export class DeviceCamera implements Camera {
   readonly width: number;
   readonly height: number;
   #camera: Camera419;
