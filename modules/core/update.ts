@@ -1,0 +1,928 @@
+/*
+ * The update agent: signed firmware updates over AWS IoT Jobs and MQTT file
+ * delivery (streams), on the one MQTT connection the doorbell already has.
+ *
+ * A job document names a signed release (./release) and the stream that holds
+ * the image. The agent checks everything it can before writing a byte: shape,
+ * signature present, key known, board, version above the stored floor, size;
+ * then one Ed25519 verify of the manifest (the only one per update: seconds on
+ * an ESP32, see docs/updates.md). It then streams the image block by block into
+ * the inactive slot (UpdateSink) while hashing it, and activates only if the
+ * SHA-256 matches the signed one. Every refusal is reported with a reason on
+ * the job's update topic and leaves the running firmware untouched.
+ *
+ * Activation is written so that a power cut at any point leaves a bootable,
+ * verified image: the KV state "activating" is written before the sink makes
+ * the new slot bootable, the new image runs first on trial, and only after it
+ * has reached the cloud (a job-status round trip) and passed the local health
+ * check does it confirm itself to the bootloader; only then is the
+ * anti-rollback floor raised. A trial image that fails, or a power cut during
+ * the trial, returns to the previous image, which reports the job FAILED.
+ *
+ * Jobs served here (job document "operation"):
+ *   doorward.firmware      {release: {manifest, sig}, stream: {id, file, version?}}
+ *   doorward.release-keys  {keys: {keySet, sigs}}   (release key rotation)
+ *
+ * The agent talks to the world only through a publish function and
+ * onMessage(), so it plugs into the Doorbell's public API (send / onMessage /
+ * subscriptions) without the Doorbell knowing about updates.
+ */
+import type { Clock, KeyValueStore, Log, UpdateSink } from "./ports";
+import { canonicalBytes, type Json } from "./canonical";
+import { bytesEqual, fromHex, toHex, utf8Decode } from "./bytes";
+import {
+  checkKeyUpdate,
+  manifestMessage,
+  naclVerify,
+  readRelease,
+  releaseKeyId,
+  type DigestFactory,
+  type Digest,
+  type Ed25519Verify,
+  type FirmwareManifest,
+  type TrustedKeys,
+} from "./release";
+import { assertThingName } from "./topics";
+
+export const FIRMWARE_OPERATION = "doorward.firmware";
+export const KEYS_OPERATION = "doorward.release-keys";
+
+/** KV keys (15 characters at most). */
+export const UPDATE_KV = { state: "upd.state", floor: "upd.floor", done: "upd.done", keys: "upd.keys" } as const;
+
+/** AWS IoT job IDs: [a-zA-Z0-9_-], 1-64. Checked before a job ID is put in a topic. */
+const JOB_ID = /^[a-zA-Z0-9_-]{1,64}$/;
+/** AWS IoT stream IDs: [a-zA-Z0-9_-], 1-128. */
+const STREAM_ID = /^[a-zA-Z0-9_-]{1,128}$/;
+/** Finished jobs remembered, to recognise a replayed one. */
+const DONE_KEEP = 8;
+
+/** The bootloader, as far as the agent needs it. Device: ESP-IDF app rollback through FFI. Host: modules/host/update-sink. */
+export interface BootControl {
+  /** Mark the running image good so the bootloader never rolls it back. Idempotent. */
+  confirm(): void;
+  /** Give up on the running trial image: mark it invalid and restart into the previous one. */
+  rollback(reason: string): void;
+  /** Restart so the bootloader starts the image complete() made bootable. */
+  restart(): void;
+}
+
+export type JobStatus = "IN_PROGRESS" | "SUCCEEDED" | "FAILED" | "REJECTED";
+
+/** Why an update was refused (REJECTED): the image or job is not acceptable. */
+export type RefusalReason =
+  | "malformed-job"
+  | "unsupported-operation"
+  | "malformed-manifest"
+  | "unsigned"
+  | "unknown-key"
+  | "bad-signature"
+  | "wrong-board"
+  | "downgrade"
+  | "not-newer"
+  | "base-too-old"
+  | "too-large"
+  | "truncated"
+  | "size-mismatch"
+  | "digest-mismatch"
+  | "replayed-job"
+  | "malformed-keys"
+  | "unauthorized";
+
+/** Why an acceptable update did not complete (FAILED). */
+export type FailureReason =
+  | "stream-timeout"
+  | "stream-error"
+  | "stream-changed"
+  | "write-failed"
+  | "activation-failed"
+  | "interrupted"
+  | "health-check-failed"
+  | "rolled-back";
+
+export type UpdateEvent =
+  | { type: "job"; job: string; operation: string }
+  | { type: "refused"; job: string; reason: RefusalReason; detail: string }
+  | { type: "failed"; job: string; reason: FailureReason; detail: string }
+  | { type: "progress"; job: string; bytes: number; size: number }
+  | { type: "downloaded"; job: string; bytes: number; ms: number }
+  | { type: "activating"; job: string; version: number }
+  | { type: "trial"; job: string; version: number }
+  | { type: "rolling-back"; job: string; version: number; why: string }
+  | { type: "confirmed"; job: string; version: number }
+  | { type: "keys"; job: string; serial: number };
+
+export interface UpdateAgentOptions {
+  thing: string;
+  /** This build's board; a release for another board is refused. */
+  board: string;
+  /** Version of the running image (built in: mc/config on device, the booted image's header on host). */
+  runningVersion: number;
+  /** Release keys built into this image. A stored, signed key set with a higher serial replaces them. */
+  releaseKeys: TrustedKeys;
+  store: KeyValueStore;
+  sink: UpdateSink;
+  boot: BootControl;
+  clock: Clock;
+  log: Log;
+  /** SHA-256, incremental. Device: crypt Digest("SHA256"); host: node:crypto; fallback: createJsSha256. */
+  createDigest: DigestFactory;
+  /** QoS 1 publish, resolved on PUBACK. Wiring: (topic, payload) => doorbell.send(topic, payload, 0). */
+  publish: (topic: string, payload: Uint8Array) => Promise<void>;
+  /** Local self-test of a trial image, after it has reached the cloud. Default: passes. */
+  healthCheck?: () => boolean | Promise<boolean>;
+  verify?: Ed25519Verify;
+  /** Largest image the inactive slot holds. */
+  maxImageBytes?: number;
+  /** Stream block size, 256-65536 (base64 in JSON must stay under AWS's 128 KB message limit). Default 4096. */
+  blockSize?: number;
+  /** Blocks asked for per GetStream request (RAM: this × blockSize). Default 4. */
+  blocksPerRequest?: number;
+  /** Silence after an acknowledged request before asking again. Default 15 s. */
+  requestTimeoutMs?: number;
+  /** Consecutive unanswered requests before the job fails. Default 8. */
+  maxRetries?: number;
+  /** How long a trial image waits for the cloud to answer its status report. Default 5 min. */
+  healthTimeoutMs?: number;
+  /** Attempts at one job across power cuts before it is failed. Default 3. */
+  maxAttempts?: number;
+  /** Ask for the next job this often. Default 1 h; 0 only at start. */
+  pollIntervalMs?: number;
+  /** Delay between complete() and restart, so the status report can leave. Default 1 s. */
+  restartDelayMs?: number;
+  onEvent?: (event: UpdateEvent) => void;
+}
+
+interface SavedState {
+  phase: "downloading" | "activating" | "trial";
+  job: string;
+  version: number;
+  attempts: number;
+  failure?: string;
+}
+
+interface DoneEntry {
+  job: string;
+  status: JobStatus;
+  reason: string;
+  /** The Jobs service answered the terminal report: a later delivery of this job is a replay. */
+  settled: boolean;
+}
+
+interface StreamRef {
+  id: string;
+  file: number;
+  version: number | undefined;
+}
+
+interface Active {
+  job: string;
+  phase: "verifying" | "downloading" | "activating" | "trial" | "keys";
+  manifest?: FirmwareManifest;
+  stream?: StreamRef;
+  attempts: number;
+  serial: number;
+  next: number;
+  total: number;
+  bytes: number;
+  windowEnd: number;
+  pending: Map<number, Uint8Array>;
+  digest?: Digest;
+  opened: boolean;
+  retries: number;
+  cancelTimer?: () => void;
+  quarter: number;
+  startedAt: number;
+}
+
+interface Answer {
+  accepted: boolean;
+  code?: string;
+}
+
+export function updateTopics(thing: string) {
+  assertThingName(thing);
+  const jobs = `$aws/things/${thing}/jobs`;
+  const streams = `$aws/things/${thing}/streams`;
+  return {
+    notifyNext: `${jobs}/notify-next`,
+    getNext: `${jobs}/$next/get`,
+    update: (jobId: string) => `${jobs}/${jobId}/update`,
+    streamGet: (streamId: string) => `${streams}/${streamId}/get/json`,
+    /** What the Doorbell must subscribe to (five filters, well under AWS's 50 per connection). */
+    subscriptions: [
+      `${jobs}/notify-next`,
+      `${jobs}/$next/get/+`,
+      `${jobs}/+/update/+`,
+      `${streams}/+/data/json`,
+      `${streams}/+/rejected/json`,
+    ],
+  };
+}
+
+/** Topic filters for DoorbellOptions.subscriptions. */
+export function updateSubscriptions(thing: string): string[] {
+  return updateTopics(thing).subscriptions;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const B64_INDEX = new Int16Array(128).fill(-1);
+for (let i = 0; i < 64; i++) B64_INDEX[B64.charCodeAt(i)] = i;
+
+/** RFC 4648 §4 base64 (the stream service's "p"), padding optional, anything else refused. */
+export function fromBase64(text: string): Uint8Array {
+  let end = text.length;
+  if (end % 4 === 0 && end > 0 && text.charCodeAt(end - 1) === 61) end -= text.charCodeAt(end - 2) === 61 ? 2 : 1;
+  if (end % 4 === 1) throw new TypeError("base64: bad length");
+  const out = new Uint8Array(Math.floor((end * 3) / 4));
+  let acc = 0, bits = 0, o = 0;
+  for (let i = 0; i < end; i++) {
+    const c = text.charCodeAt(i);
+    const v = c < 128 ? B64_INDEX[c] : -1;
+    if (v < 0) throw new TypeError("base64: bad character");
+    acc = ((acc << 6) | v) & 0xffffff;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (acc >> bits) & 255;
+    }
+  }
+  return out;
+}
+
+/** statusDetails values must be 1-1024 printable characters (AWS). */
+function detailText(text: string): string {
+  const clean = text.replace(/[\u0000-\u001f\u007f]/g, " ").slice(0, 256);
+  return clean.length ? clean : "-";
+}
+
+export class UpdateAgent {
+  readonly thing: string;
+  readonly topics: ReturnType<typeof updateTopics>;
+  readonly stats = { requests: 0, blocks: 0, bytes: 0, retries: 0, verifies: 0 };
+  #o: UpdateAgentOptions;
+  /** Fail closed: until the stored floor has been read, no version is high enough. */
+  #floor = Number.MAX_SAFE_INTEGER;
+  #trusted: TrustedKeys;
+  #active: Active | undefined;
+  #answers = new Map<string, (answer: Answer | undefined) => void>();
+  #counter = 0;
+  #downloads = 0;
+  #started = false;
+  #stopped = false;
+  #getSentAt: number | undefined;
+  #cancelPoll: (() => void) | undefined;
+
+  constructor(options: UpdateAgentOptions) {
+    this.#o = options;
+    this.thing = assertThingName(options.thing);
+    this.topics = updateTopics(this.thing);
+    if (!Number.isSafeInteger(options.runningVersion) || options.runningVersion < 0) throw new RangeError("runningVersion must be a whole number");
+    const bs = this.#blockSize;
+    if (!Number.isInteger(bs) || bs < 256 || bs > 65536) throw new RangeError("blockSize must be 256-65536");
+    this.#trusted = options.releaseKeys;
+  }
+
+  get #blockSize(): number {
+    return this.#o.blockSize ?? 4096;
+  }
+
+  /** The anti-rollback floor: the highest version confirmed healthy on this device. */
+  get floor(): number {
+    return this.#floor;
+  }
+
+  get trustedKeyIds(): string[] {
+    return this.#trusted.keys.map((k) => releaseKeyId(k));
+  }
+
+  status() {
+    const a = this.#active;
+    return {
+      runningVersion: this.#o.runningVersion,
+      floor: this.#floor,
+      keySerial: this.#trusted.serial,
+      job: a?.job ?? null,
+      phase: a?.phase ?? "idle",
+      bytes: a?.bytes ?? 0,
+      size: a?.manifest?.size ?? 0,
+    };
+  }
+
+  /** Whether a topic belongs to the agent (route it to onMessage). */
+  handles(topic: string): boolean {
+    return topic.startsWith(`$aws/things/${this.thing}/jobs/`) || topic.startsWith(`$aws/things/${this.thing}/streams/`);
+  }
+
+  /**
+   * Boot-time reconciliation, then ask for the next job. Call once after the
+   * Doorbell is constructed (the request waits in its outbox until online).
+   */
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#stopped = false;
+    try {
+      this.#loadKeys();
+      this.#reconcile();
+    } catch (e) {
+      this.#o.log("error", "update: boot reconciliation failed", { reason: String(e) });
+    }
+    this.#pollNext();
+    this.#schedulePoll();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#cancelPoll?.();
+    this.#active?.cancelTimer?.();
+    for (const resolve of [...this.#answers.values()]) resolve(undefined);
+    this.#answers.clear();
+  }
+
+  /** Optional hook: call when the link comes online, so a job announced while offline is fetched at once. */
+  linkOnline(): void {
+    this.#getSentAt = undefined;
+    if (!this.#active) this.#pollNext();
+  }
+
+  onMessage(topic: string, payload: Uint8Array): void {
+    if (this.#stopped || !this.handles(topic)) return;
+    try {
+      let doc: unknown;
+      try {
+        doc = JSON.parse(utf8Decode(payload));
+      } catch {
+        this.#o.log("warn", "update: unparsable message", { topic });
+        return;
+      }
+      if (!isRecord(doc)) return;
+      const levels = topic.split("/");
+      const feature = levels[3];
+      const rest = levels.slice(4).join("/");
+      if (feature === "jobs") {
+        if (rest === "notify-next") this.#onNext(doc, true);
+        else if (rest === "$next/get/accepted") this.#onNextAnswer(doc);
+        else if (rest === "$next/get/rejected") {
+          this.#getSentAt = undefined;
+          this.#o.log("warn", "update: $next/get rejected", { code: String(doc.code ?? "") });
+        } else if (levels.length === 7 && levels[5] === "update") this.#onUpdateAnswer(levels[4], levels[6] === "accepted", doc);
+      } else if (feature === "streams" && levels.length === 7 && levels[6] === "json") {
+        if (levels[5] === "data") this.#onBlock(levels[4], doc);
+        else if (levels[5] === "rejected") this.#onStreamRejected(levels[4], doc);
+      }
+    } catch (e) {
+      this.#o.log("error", "update: message handler failed", { topic, reason: String(e) });
+    }
+  }
+
+  // ------------------------------------------------------------------ persistence
+
+  #read(key: string): unknown {
+    try {
+      const bytes = this.#o.store.read(key);
+      return bytes ? JSON.parse(utf8Decode(bytes)) : undefined;
+    } catch (e) {
+      this.#o.log("error", "update: unreadable record ignored", { key, reason: String(e) });
+      return undefined;
+    }
+  }
+
+  #write(key: string, value: Json): void {
+    this.#o.store.write(key, canonicalBytes(value));
+  }
+
+  #state(): SavedState | undefined {
+    const s = this.#read(UPDATE_KV.state);
+    if (!isRecord(s) || typeof s.job !== "string" || typeof s.version !== "number" || typeof s.attempts !== "number") return undefined;
+    if (s.phase !== "downloading" && s.phase !== "activating" && s.phase !== "trial") return undefined;
+    return s as unknown as SavedState;
+  }
+
+  #saveState(s: SavedState): void {
+    this.#write(UPDATE_KV.state, s as unknown as Json);
+  }
+
+  #done(): DoneEntry[] {
+    const d = this.#read(UPDATE_KV.done);
+    return Array.isArray(d) ? (d.filter((e) => isRecord(e) && typeof e.job === "string") as unknown as DoneEntry[]) : [];
+  }
+
+  #loadKeys(): void {
+    const stored = this.#read(UPDATE_KV.keys);
+    if (isRecord(stored) && typeof stored.serial === "number" && Array.isArray(stored.keys) && stored.serial > this.#o.releaseKeys.serial) {
+      try {
+        this.#trusted = { serial: stored.serial, keys: (stored.keys as string[]).map((k) => fromHex(k)) };
+      } catch {
+        this.#o.log("error", "update: stored release keys unreadable; using built-in keys");
+      }
+    }
+  }
+
+  /** Run a timer or promise continuation; an exception there has nowhere to go but the log. */
+  #guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.#o.log("error", "update: internal error", { reason: String(e) });
+    }
+  }
+
+  #safe(what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.#o.log("error", `update: ${what} failed`, { reason: String(e) });
+    }
+  }
+
+  // ------------------------------------------------------------------ boot
+
+  #reconcile(): void {
+    const o = this.#o;
+    // Read the floor without #read's forgiveness: if it cannot be read, the floor stays at its fail-closed maximum.
+    const raw = o.store.read(UPDATE_KV.floor);
+    const stored = raw ? (JSON.parse(utf8Decode(raw)) as unknown) : undefined;
+    if (typeof stored === "number" && Number.isSafeInteger(stored)) this.#floor = stored;
+    else {
+      this.#floor = o.runningVersion;
+      this.#write(UPDATE_KV.floor, this.#floor);
+    }
+    if (o.runningVersion < this.#floor) o.log("warn", "update: running an image below the anti-rollback floor (flashed by hand?)", { running: o.runningVersion, floor: this.#floor });
+
+    const st = this.#state();
+    if (!st) return;
+    if (st.phase === "downloading") {
+      // Power cut mid-download: the boot slot never changed; the partial image is abandoned and the job retried.
+      o.log("warn", "update: download was interrupted; the job will be retried", { job: st.job, attempts: st.attempts });
+      this.#safe("cancel", () => o.sink.cancel());
+      return;
+    }
+    if (o.runningVersion === st.version) {
+      if (st.phase === "activating") this.#saveState({ ...st, phase: "trial" });
+      this.#trial(st).catch((e: unknown) => o.log("error", "update: trial failed", { reason: String(e) }));
+      return;
+    }
+    if (st.phase === "trial") {
+      // The trial image gave up, or the power failed during its trial: the bootloader went back.
+      const reason: FailureReason = st.failure ? "health-check-failed" : "rolled-back";
+      this.#finish(st.job, "FAILED", reason, st.failure ?? "the new image did not confirm itself; the bootloader restored the previous image", { version: String(st.version) });
+      return;
+    }
+    // "activating" but still on the old image: complete() never took effect (power cut), or the new
+    // image died before it could run. Either way the old image is intact; retry the job, boundedly.
+    o.log("warn", "update: activation did not take effect; the job will be retried", { job: st.job, attempts: st.attempts });
+  }
+
+  #schedulePoll(): void {
+    const every = this.#o.pollIntervalMs ?? 3_600_000;
+    if (every <= 0 || this.#stopped) return;
+    this.#cancelPoll = this.#o.clock.schedule(() => this.#guard(() => {
+      if (!this.#active) this.#pollNext();
+      this.#schedulePoll();
+    }), every);
+  }
+
+  /** One $next/get at a time, so a long offline spell cannot pile requests into the outbox. */
+  #pollNext(): void {
+    const now = this.#o.clock.monotonic();
+    const every = this.#o.pollIntervalMs ?? 3_600_000;
+    if (this.#getSentAt !== undefined && (every <= 0 || now - this.#getSentAt < every)) return;
+    this.#getSentAt = now;
+    this.#send(this.topics.getNext, { clientToken: this.#token("n") });
+  }
+
+  // ------------------------------------------------------------------ jobs
+
+  #token(prefix: string): string {
+    return `${prefix}${++this.#counter}`;
+  }
+
+  #send(topic: string, doc: Json): void {
+    this.#o.publish(topic, canonicalBytes(doc)).catch((e: unknown) => this.#o.log("warn", "update: publish failed", { topic, reason: String(e) }));
+  }
+
+  #report(job: string, status: JobStatus, details: Record<string, string>): string {
+    const token = this.#token(status === "IN_PROGRESS" ? "p" : "t");
+    const statusDetails: Record<string, string> = {};
+    for (const k of Object.keys(details)) statusDetails[k] = detailText(details[k]);
+    this.#send(this.topics.update(job), { status, statusDetails, clientToken: token });
+    return token;
+  }
+
+  #answer(token: string, timeoutMs: number): Promise<Answer | undefined> {
+    return new Promise((resolve) => {
+      const cancel = this.#o.clock.schedule(() => {
+        this.#answers.delete(token);
+        resolve(undefined);
+      }, timeoutMs);
+      this.#answers.set(token, (answer) => {
+        cancel();
+        this.#answers.delete(token);
+        resolve(answer);
+      });
+    });
+  }
+
+  #onUpdateAnswer(job: string, accepted: boolean, doc: Record<string, unknown>): void {
+    const token = typeof doc.clientToken === "string" ? doc.clientToken : "";
+    const code = typeof doc.code === "string" ? doc.code : undefined;
+    this.#answers.get(token)?.({ accepted, code });
+    if (token.startsWith("t")) this.#settle(job);
+    const a = this.#active;
+    if (!accepted && a && a.job === job && (code === "InvalidStateTransition" || code === "ResourceNotFound" || code === "TerminalStateReached") && a.phase !== "trial") {
+      this.#o.log("warn", "update: the job ended in the cloud; abandoning it", { job, code });
+      this.#abandon(a);
+    }
+  }
+
+  #onNextAnswer(doc: Record<string, unknown>): void {
+    this.#getSentAt = undefined;
+    this.#onNext(doc, false);
+  }
+
+  #onNext(doc: Record<string, unknown>, notification: boolean): void {
+    const execution = doc.execution;
+    const a = this.#active;
+    if (!isRecord(execution)) {
+      // No pending job. If ours is still downloading, the cloud cancelled or removed it.
+      if (notification && a && (a.phase === "downloading" || a.phase === "verifying")) this.#abandon(a);
+      return;
+    }
+    const job = execution.jobId;
+    if (typeof job !== "string" || !JOB_ID.test(job)) {
+      this.#o.log("warn", "update: job with an invalid ID ignored");
+      return;
+    }
+    if (a) {
+      if (a.job !== job && notification && (a.phase === "downloading" || a.phase === "verifying")) this.#abandon(a);
+      else return;
+    }
+    this.#consider(job, execution.jobDocument);
+  }
+
+  /** Drop the active job without a report (the cloud already ended it). The running firmware is untouched. */
+  #abandon(a: Active): void {
+    a.cancelTimer?.();
+    if (a.opened) this.#safe("cancel", () => this.#o.sink.cancel());
+    const st = this.#state();
+    if (st && st.job === a.job) this.#safe("state", () => this.#o.store.delete(UPDATE_KV.state));
+    if (this.#active === a) this.#active = undefined;
+  }
+
+  #consider(job: string, doc: unknown): void {
+    const previous = this.#done().find((e) => e.job === job);
+    if (previous) {
+      const st = this.#state();
+      if (st && st.job === job) this.#safe("state", () => this.#o.store.delete(UPDATE_KV.state));
+      if (previous.settled) {
+        // Already finished and acknowledged by the Jobs service: a replay. Refuse; record nothing.
+        this.#o.log("warn", "update: replayed job refused", { job });
+        this.#report(job, "REJECTED", { reason: "replayed-job", detail: `job already ended ${previous.status}` });
+        this.#emit({ type: "refused", job, reason: "replayed-job", detail: `job already ended ${previous.status}` });
+      } else {
+        // Our terminal report may have been lost (power cut): send the same verdict again.
+        this.#report(job, previous.status, { reason: previous.reason, repeat: "true" });
+      }
+      return;
+    }
+    const operation = isRecord(doc) && typeof doc.operation === "string" ? doc.operation : "";
+    this.#emit({ type: "job", job, operation });
+    if (!isRecord(doc)) return this.#refuse(job, "malformed-job", "job document is not an object");
+    if (operation === KEYS_OPERATION) return this.#keysJob(job, doc);
+    if (operation !== FIRMWARE_OPERATION) return this.#refuse(job, "unsupported-operation", `operation "${operation}"`);
+    this.#firmwareJob(job, doc);
+  }
+
+  #refuse(job: string, reason: RefusalReason, detail: string, extra: Record<string, string> = {}): void {
+    this.#finish(job, "REJECTED", reason, detail, extra);
+  }
+
+  #fail(job: string, reason: FailureReason, detail: string, extra: Record<string, string> = {}): void {
+    this.#finish(job, "FAILED", reason, detail, extra);
+  }
+
+  /** End a job: abandon any partial image, forget its state, remember the verdict, report it. */
+  #finish(job: string, status: JobStatus, reason: string, detail: string, extra: Record<string, string> = {}): void {
+    const a = this.#active;
+    if (a && a.job === job) {
+      a.cancelTimer?.();
+      if (a.opened) this.#safe("cancel", () => this.#o.sink.cancel());
+      a.opened = false;
+      this.#active = undefined;
+    }
+    // The verdict is recorded before the state is forgotten: a power cut in between leaves a job
+    // that is both finished and in progress, which the next boot resolves by finishing it again.
+    this.#safe("record", () => {
+      const done = this.#done().filter((e) => e.job !== job);
+      done.push({ job, status, reason, settled: false });
+      this.#write(UPDATE_KV.done, done.slice(-DONE_KEEP) as unknown as Json);
+    });
+    const st = this.#state();
+    if (st && st.job === job) this.#safe("state", () => this.#o.store.delete(UPDATE_KV.state));
+    this.#report(job, status, { reason, detail, ...extra });
+    const level = status === "SUCCEEDED" ? "info" : "warn";
+    this.#o.log(level, `update: job ${status}`, { job, reason });
+    if (status === "REJECTED") this.#emit({ type: "refused", job, reason: reason as RefusalReason, detail });
+    else if (status === "FAILED") this.#emit({ type: "failed", job, reason: reason as FailureReason, detail });
+  }
+
+  #settle(job: string): void {
+    this.#safe("record", () => {
+      const done = this.#done();
+      const e = done.find((d) => d.job === job);
+      if (!e || e.settled) return;
+      e.settled = true;
+      this.#write(UPDATE_KV.done, done as unknown as Json);
+    });
+  }
+
+  #emit(event: UpdateEvent): void {
+    try {
+      this.#o.onEvent?.(event);
+    } catch (e) {
+      this.#o.log("warn", "update: event listener threw", { reason: String(e) });
+    }
+  }
+
+  #newActive(job: string, phase: Active["phase"], attempts: number): Active {
+    return { job, phase, attempts, serial: 0, next: 0, total: 0, bytes: 0, windowEnd: 0, pending: new Map(), opened: false, retries: 0, quarter: 0, startedAt: 0 };
+  }
+
+  // ------------------------------------------------------------------ firmware
+
+  #firmwareJob(job: string, doc: Record<string, unknown>): void {
+    const o = this.#o;
+    const release = readRelease(doc.release);
+    if (!release.ok) return this.#refuse(job, "malformed-manifest", release.problem);
+    const s = doc.stream;
+    if (!isRecord(s) || typeof s.id !== "string" || !STREAM_ID.test(s.id) || !Number.isInteger(s.file) || (s.file as number) < 0 || (s.file as number) > 255) {
+      return this.#refuse(job, "malformed-job", "stream must be {id, file 0-255, version?}");
+    }
+    if (s.version !== undefined && !Number.isSafeInteger(s.version)) return this.#refuse(job, "malformed-job", "stream version must be an integer");
+    const stream: StreamRef = { id: s.id, file: s.file as number, version: s.version as number | undefined };
+    const m = release.manifest;
+    const details = { version: String(m.version), label: m.label };
+    if (!release.signature) return this.#refuse(job, "unsigned", "release carries no signature", details);
+    const key = this.#trusted.keys.find((k) => releaseKeyId(k) === m.keyId);
+    if (!key) return this.#refuse(job, "unknown-key", `key ${m.keyId} is not a trusted release key`, details);
+    if (m.board !== o.board) return this.#refuse(job, "wrong-board", `release is for ${m.board}, this is ${o.board}`, details);
+    if (m.version < this.#floor) return this.#refuse(job, "downgrade", `version ${m.version} is below the floor ${this.#floor}`, details);
+    if (m.version === this.#floor) return this.#refuse(job, "not-newer", `version ${m.version} is already installed`, details);
+    if (m.minVersion > o.runningVersion) return this.#refuse(job, "base-too-old", `needs version ${m.minVersion} or later first`, details);
+    if (m.size > (o.maxImageBytes ?? 16 * 1024 * 1024)) return this.#refuse(job, "too-large", `${m.size} bytes does not fit the update slot`, details);
+
+    const st = this.#state();
+    const attempts = st && st.job === job ? st.attempts : 0;
+    if (attempts >= (o.maxAttempts ?? 3)) return this.#fail(job, "interrupted", `${attempts} attempts were cut short`, details);
+
+    const a = this.#newActive(job, "verifying", attempts);
+    a.manifest = m;
+    a.stream = stream;
+    this.#active = a;
+    this.#report(job, "IN_PROGRESS", { step: "verifying", ...details });
+    const signature = release.signature;
+    // The one Ed25519 verify of this update: seconds on the device, so off the message handler.
+    o.clock.schedule(() => this.#guard(() => {
+      if (this.#active !== a || this.#stopped) return;
+      this.stats.verifies++;
+      let good = false;
+      try {
+        good = (o.verify ?? naclVerify)(manifestMessage(m), signature, key);
+      } catch {
+        good = false;
+      }
+      if (!good) return this.#refuse(job, "bad-signature", `signature does not verify under key ${m.keyId}`, details);
+      this.#startDownload(a);
+    }), 0);
+  }
+
+  #startDownload(a: Active): void {
+    const o = this.#o;
+    const m = a.manifest!;
+    try {
+      this.#saveState({ phase: "downloading", job: a.job, version: m.version, attempts: a.attempts + 1 });
+      o.sink.open(m.size);
+      a.opened = true;
+    } catch (e) {
+      return this.#fail(a.job, "write-failed", `could not open the update slot: ${String(e)}`);
+    }
+    a.phase = "downloading";
+    a.digest = o.createDigest();
+    a.serial = ++this.#downloads;
+    a.total = Math.ceil(m.size / this.#blockSize);
+    a.startedAt = o.clock.monotonic();
+    o.log("info", "update: downloading", { job: a.job, version: m.version, bytes: m.size, stream: a.stream!.id });
+    this.#request(a);
+  }
+
+  #request(a: Active): void {
+    if (this.#active !== a || a.phase !== "downloading") return;
+    const count = Math.min(this.#o.blocksPerRequest ?? 4, a.total - a.next);
+    a.windowEnd = a.next + count;
+    const stream = a.stream!;
+    const req: Record<string, Json> = { c: this.#token(`d${a.serial}-`), f: stream.file, l: this.#blockSize, o: a.next, n: count };
+    if (stream.version !== undefined) req.s = stream.version;
+    this.stats.requests++;
+    a.cancelTimer?.();
+    a.cancelTimer = undefined;
+    const sentFor = a.next;
+    this.#o.publish(this.topics.streamGet(stream.id), canonicalBytes(req)).then(
+      () => this.#guard(() => {
+        // Time the answer from the broker's PUBACK: while offline the request waits in the outbox instead.
+        if (this.#active === a && a.phase === "downloading" && a.next === sentFor && !a.cancelTimer) this.#arm(a);
+      }),
+      () => this.#guard(() => {
+        if (this.#active === a && a.phase === "downloading") this.#arm(a);
+      }),
+    );
+  }
+
+  #arm(a: Active): void {
+    a.cancelTimer?.();
+    a.cancelTimer = this.#o.clock.schedule(() => this.#guard(() => {
+      a.cancelTimer = undefined;
+      if (this.#active !== a || a.phase !== "downloading") return;
+      a.retries++;
+      this.stats.retries++;
+      if (a.retries > (this.#o.maxRetries ?? 8)) return this.#fail(a.job, "stream-timeout", `no block ${a.next} after ${a.retries} requests`);
+      this.#o.log("warn", "update: stream silent; asking again", { job: a.job, block: a.next, retry: a.retries });
+      this.#request(a);
+    }), this.#o.requestTimeoutMs ?? 15_000);
+  }
+
+  #onBlock(streamId: string, doc: Record<string, unknown>): void {
+    const a = this.#active;
+    if (!a || a.phase !== "downloading" || streamId !== a.stream!.id) return;
+    if (typeof doc.c !== "string" || !doc.c.startsWith(`d${a.serial}-`)) return;
+    if (doc.f !== a.stream!.file) return;
+    const i = doc.i;
+    if (typeof i !== "number" || !Number.isInteger(i) || i < a.next || i >= a.windowEnd || a.pending.has(i)) return;
+    if (typeof doc.p !== "string") return this.#fail(a.job, "stream-error", `block ${i} has no payload`);
+    let bytes: Uint8Array;
+    try {
+      bytes = fromBase64(doc.p);
+    } catch {
+      return this.#fail(a.job, "stream-error", `block ${i} is not base64`);
+    }
+    if (doc.l !== undefined && doc.l !== bytes.length) return this.#fail(a.job, "stream-error", `block ${i} says ${String(doc.l)} bytes, carries ${bytes.length}`);
+    a.pending.set(i, bytes);
+    while (this.#active === a && a.pending.has(a.next)) {
+      const block = a.pending.get(a.next)!;
+      a.pending.delete(a.next);
+      if (!this.#consume(a, block)) return;
+    }
+    if (this.#active !== a) return;
+    if (a.next === a.total) return this.#downloaded(a);
+    if (a.next === a.windowEnd) this.#request(a);
+    else this.#arm(a);
+  }
+
+  /** Write one in-order block to the slot and the digest. False if the job ended. */
+  #consume(a: Active, block: Uint8Array): boolean {
+    const m = a.manifest!;
+    const i = a.next;
+    const expected = i === a.total - 1 ? m.size - i * this.#blockSize : this.#blockSize;
+    if (block.length < expected) {
+      this.#refuse(a.job, "truncated", `block ${i} has ${block.length} of ${expected} bytes; image is ${m.size} bytes`);
+      return false;
+    }
+    if (block.length > expected) {
+      this.#refuse(a.job, "size-mismatch", `stream is longer than the signed size ${m.size}`);
+      return false;
+    }
+    try {
+      this.#o.sink.write(block);
+    } catch (e) {
+      this.#fail(a.job, "write-failed", String(e));
+      return false;
+    }
+    a.digest!.update(block);
+    a.next++;
+    a.bytes += block.length;
+    a.retries = 0;
+    this.stats.blocks++;
+    this.stats.bytes += block.length;
+    const quarter = Math.floor((a.bytes * 4) / m.size);
+    if (quarter > a.quarter && quarter < 4) {
+      a.quarter = quarter;
+      this.#report(a.job, "IN_PROGRESS", { step: "downloading", progress: String(quarter * 25) });
+      this.#emit({ type: "progress", job: a.job, bytes: a.bytes, size: m.size });
+    }
+    return true;
+  }
+
+  #onStreamRejected(streamId: string, doc: Record<string, unknown>): void {
+    const a = this.#active;
+    if (!a || a.phase !== "downloading" || streamId !== a.stream!.id) return;
+    const token = typeof doc.c === "string" ? doc.c : typeof doc.clientToken === "string" ? doc.clientToken : "";
+    if (token && !token.startsWith(`d${a.serial}-`)) return;
+    const code = typeof doc.o === "string" ? doc.o : typeof doc.code === "string" ? doc.code : "unknown";
+    const message = typeof doc.m === "string" ? doc.m : "";
+    if ((code === "ResourceNotFound" || code === "OffsetOutOfBounds") && a.bytes < a.manifest!.size) {
+      return this.#refuse(a.job, "truncated", `stream ended at ${a.bytes} of ${a.manifest!.size} bytes (${code})`);
+    }
+    if (code === "VersionMismatch") return this.#fail(a.job, "stream-changed", message || code);
+    this.#fail(a.job, "stream-error", `${code}${message ? `: ${message}` : ""}`);
+  }
+
+  #downloaded(a: Active): void {
+    const o = this.#o;
+    const m = a.manifest!;
+    a.cancelTimer?.();
+    const ms = o.clock.monotonic() - a.startedAt;
+    this.#emit({ type: "downloaded", job: a.job, bytes: a.bytes, ms });
+    const digest = a.digest!.finish();
+    if (!bytesEqual(digest, fromHex(m.sha256))) return this.#refuse(a.job, "digest-mismatch", `image SHA-256 ${toHex(digest).slice(0, 16)}… is not the signed ${m.sha256.slice(0, 16)}…`);
+    // Verified. Record the intent first: whatever the power does next, the next boot knows what was happening.
+    try {
+      this.#saveState({ phase: "activating", job: a.job, version: m.version, attempts: a.attempts + 1 });
+    } catch (e) {
+      return this.#fail(a.job, "activation-failed", `could not record activation: ${String(e)}`);
+    }
+    try {
+      o.sink.complete();
+      a.opened = false;
+    } catch (e) {
+      return this.#fail(a.job, "activation-failed", String(e));
+    }
+    a.phase = "activating";
+    this.#report(a.job, "IN_PROGRESS", { step: "activating", version: String(m.version) });
+    this.#emit({ type: "activating", job: a.job, version: m.version });
+    o.log("info", "update: image verified and made bootable; restarting", { job: a.job, version: m.version, ms: Math.round(ms) });
+    o.clock.schedule(() => this.#guard(() => {
+      if (this.#stopped) return;
+      o.boot.restart();
+    }), o.restartDelayMs ?? 1000);
+  }
+
+  // ------------------------------------------------------------------ trial
+
+  async #trial(st: SavedState): Promise<void> {
+    const o = this.#o;
+    const a = this.#newActive(st.job, "trial", st.attempts);
+    this.#active = a;
+    this.#emit({ type: "trial", job: st.job, version: st.version });
+    o.log("info", "update: running a new image on trial", { job: st.job, version: st.version });
+    // Health, part 1: the new image reaches the cloud and gets an answer (TLS, MQTT, policy all work).
+    const token = this.#report(st.job, "IN_PROGRESS", { step: "booted", version: String(st.version) });
+    const answer = await this.#answer(token, o.healthTimeoutMs ?? 300_000);
+    if (this.#active !== a || this.#stopped) return;
+    if (!answer) return this.#rollback(st, "no answer from the cloud");
+    // Health, part 2: the local self-test.
+    let healthy = false;
+    let why = "self-test failed";
+    try {
+      healthy = await (o.healthCheck?.() ?? true);
+    } catch (e) {
+      why = `self-test threw: ${String(e)}`;
+    }
+    if (this.#active !== a || this.#stopped) return;
+    if (!healthy) return this.#rollback(st, why);
+    try {
+      o.boot.confirm();
+      // Only now, with the image confirmed to the bootloader, may the floor rise.
+      this.#write(UPDATE_KV.floor, st.version);
+      this.#floor = st.version;
+    } catch (e) {
+      o.log("error", "update: confirming the new image failed", { reason: String(e) });
+      return;
+    }
+    this.#emit({ type: "confirmed", job: st.job, version: st.version });
+    this.#finish(st.job, "SUCCEEDED", "confirmed", `running version ${st.version}`, { version: String(st.version) });
+  }
+
+  #rollback(st: SavedState, why: string): void {
+    const o = this.#o;
+    o.log("error", "update: trial image unhealthy; rolling back", { job: st.job, version: st.version, why });
+    this.#emit({ type: "rolling-back", job: st.job, version: st.version, why });
+    this.#safe("state", () => this.#saveState({ ...st, phase: "trial", failure: why }));
+    this.#active = undefined;
+    this.#safe("rollback", () => o.boot.rollback(why));
+  }
+
+  // ------------------------------------------------------------------ release keys
+
+  #keysJob(job: string, doc: Record<string, unknown>): void {
+    const a = this.#newActive(job, "keys", 0);
+    this.#active = a;
+    this.#report(job, "IN_PROGRESS", { step: "verifying" });
+    this.#o.clock.schedule(() => this.#guard(() => {
+      if (this.#active !== a || this.#stopped) return;
+      const verdict = checkKeyUpdate(doc.keys, this.#trusted, this.#o.verify ?? naclVerify);
+      if (!verdict.ok) return this.#refuse(job, verdict.reason, verdict.detail);
+      try {
+        this.#write(UPDATE_KV.keys, { serial: verdict.keys.serial, keys: verdict.keys.keys.map((k) => toHex(k)) });
+      } catch (e) {
+        return this.#fail(job, "write-failed", String(e));
+      }
+      this.#trusted = verdict.keys;
+      this.#emit({ type: "keys", job, serial: verdict.keys.serial });
+      this.#finish(job, "SUCCEEDED", "keys-updated", `release key set ${verdict.keys.serial}: ${this.trustedKeyIds.join(" ")}`);
+    }), 0);
+  }
+}
