@@ -107,6 +107,16 @@ export interface DigestStream {
   /** The digest; the stream is finished afterwards. */
   digest(): Uint8Array;
 }
+/** The bootloader, as far as the agent needs it. Device: ESP-IDF app rollback through FFI. Host: modules/host/update-sink. */
+export interface BootControl {
+  /** Mark the running image good so the bootloader never rolls it back. Idempotent. */
+  confirm(): void;
+  /** Give up on the running trial image: mark it invalid and restart into the previous one. */
+  rollback(reason: string): void;
+  /** Restart so the bootloader starts the image complete() made bootable. */
+  restart(): void;
+}
+
 /** SHA-256 as a stream, native on the device (Moddable `crypt` Digest("SHA256")), node:crypto on the host. */
 export type Sha256Factory = () => DigestStream;
 

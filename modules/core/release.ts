@@ -22,6 +22,7 @@
  * interface the update path hashes with, and a pure-JS SHA-256 fallback for
  * engines without a native one (the XS harness).
  */
+import type { DigestStream } from "./ports";
 import nacl from "tweetnacl";
 import { canonicalBytes, type Json } from "./canonical";
 import { concatBytes, fromBase64Url, fromHex, toBase64Url, toHex, utf8Encode } from "./bytes";
@@ -232,13 +233,7 @@ export function checkKeyUpdate(update: unknown, trusted: TrustedKeys, verify: Ed
 
 // ------------------------------------------------------------------ digests
 
-/** Incremental digest, the one thing the update path needs from a hash. Device: crypt Digest("SHA256"); host: node:crypto. */
-export interface Digest {
-  update(bytes: Uint8Array): void;
-  /** The digest; the object is spent afterwards. */
-  finish(): Uint8Array;
-}
-export type DigestFactory = () => Digest;
+export type { DigestStream, Sha256Factory } from "./ports";
 
 const K256 = new Uint32Array([
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -255,7 +250,7 @@ const K256 = new Uint32Array([
  * FIPS 180-4 SHA-256 in plain JS: the fallback where no native digest exists
  * (bare XS in tests). Devices use the native one; this is ~60 lines, so cheap to keep.
  */
-export function createJsSha256(): Digest {
+export function createJsSha256(): DigestStream {
   const h = new Uint32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
   const w = new Uint32Array(64);
   const block = new Uint8Array(64);
@@ -300,7 +295,7 @@ export function createJsSha256(): Digest {
         fill = bytes.length - i;
       }
     },
-    finish() {
+    digest() {
       if (done) throw new TypeError("sha256: digest already finished");
       done = true;
       const bits = total * 8;

@@ -27,7 +27,8 @@
  * onMessage(), so it plugs into the Doorbell's public API (send / onMessage /
  * subscriptions) without the Doorbell knowing about updates.
  */
-import type { Clock, KeyValueStore, Log, UpdateSink } from "./ports";
+import type { DigestStream, Sha256Factory } from "./ports";
+import type { BootControl, Clock, KeyValueStore, Log, UpdateSink } from "./ports";
 import { canonicalBytes, type Json } from "./canonical";
 import { bytesEqual, fromHex, toHex, utf8Decode } from "./bytes";
 import {
@@ -36,8 +37,6 @@ import {
   naclVerify,
   readRelease,
   releaseKeyId,
-  type DigestFactory,
-  type Digest,
   type Ed25519Verify,
   type FirmwareManifest,
   type TrustedKeys,
@@ -57,15 +56,7 @@ const STREAM_ID = /^[a-zA-Z0-9_-]{1,128}$/;
 /** Finished jobs remembered, to recognise a replayed one. */
 const DONE_KEEP = 8;
 
-/** The bootloader, as far as the agent needs it. Device: ESP-IDF app rollback through FFI. Host: modules/host/update-sink. */
-export interface BootControl {
-  /** Mark the running image good so the bootloader never rolls it back. Idempotent. */
-  confirm(): void;
-  /** Give up on the running trial image: mark it invalid and restart into the previous one. */
-  rollback(reason: string): void;
-  /** Restart so the bootloader starts the image complete() made bootable. */
-  restart(): void;
-}
+export type { BootControl } from "./ports";
 
 export type JobStatus = "IN_PROGRESS" | "SUCCEEDED" | "FAILED" | "REJECTED";
 
@@ -126,7 +117,7 @@ export interface UpdateAgentOptions {
   clock: Clock;
   log: Log;
   /** SHA-256, incremental. Device: crypt Digest("SHA256"); host: node:crypto; fallback: createJsSha256. */
-  createDigest: DigestFactory;
+  createDigest: Sha256Factory;
   /** QoS 1 publish, resolved on PUBACK. Wiring: (topic, payload) => doorbell.send(topic, payload, 0). */
   publish: (topic: string, payload: Uint8Array) => Promise<void>;
   /** Local self-test of a trial image, after it has reached the cloud. Default: passes. */
@@ -187,7 +178,7 @@ interface Active {
   bytes: number;
   windowEnd: number;
   pending: Map<number, Uint8Array>;
-  digest?: Digest;
+  digest?: DigestStream;
   opened: boolean;
   retries: number;
   cancelTimer?: () => void;
@@ -836,7 +827,7 @@ export class UpdateAgent {
     a.cancelTimer?.();
     const ms = o.clock.monotonic() - a.startedAt;
     this.#emit({ type: "downloaded", job: a.job, bytes: a.bytes, ms });
-    const digest = a.digest!.finish();
+    const digest = a.digest!.digest();
     if (!bytesEqual(digest, fromHex(m.sha256))) return this.#refuse(a.job, "digest-mismatch", `image SHA-256 ${toHex(digest).slice(0, 16)}… is not the signed ${m.sha256.slice(0, 16)}…`);
     // Verified. Record the intent first: whatever the power does next, the next boot knows what was happening.
     try {

@@ -17,7 +17,7 @@
  */
 import GCM from "gcm";
 import { BlockCipher, Digest } from "crypt";
-import type { Aead, DigestStream, Sha256Factory } from "../core/snapshot";
+import type { Aead, DigestStream, Sha256Factory } from "../core/ports";
 
 function exactBuffer(bytes: Uint8Array): ArrayBuffer {
   return bytes.slice().buffer as ArrayBuffer;

@@ -18,10 +18,8 @@
 import Update, { type Updater } from "embedded:update";
 import Flash, { type Flash as FlashPartition } from "embedded:storage/flash";
 import FFI from "mc/ffi";
-import { Digest } from "crypt";
 import type { UpdateSink } from "../core/ports";
 import type { BootControl } from "../core/update";
-import type { DigestFactory } from "../core/release";
 
 /** The glue mcconfig generates for these entries of hardware/esp32.json's "ffi". */
 interface EspOta {
@@ -112,22 +110,5 @@ export function createBootControl(): BootControl {
   };
 }
 
-/** The declared Digest.write takes an ArrayBuffer; hand it one without copying when the view already spans one. */
-function wholeBuffer(data: Uint8Array): ArrayBuffer {
-  const buffer = data.buffer;
-  if (buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === buffer.byteLength) return buffer;
-  return data.slice().buffer;
-}
-
-/** Native SHA-256 (crypt Digest), incremental, for UpdateAgentOptions.createDigest. */
-export const deviceSha256: DigestFactory = () => {
-  const digest = new Digest("SHA256");
-  return {
-    update(bytes: Uint8Array): void {
-      digest.write(wholeBuffer(bytes));
-    },
-    finish(): Uint8Array {
-      return new Uint8Array(digest.close());
-    },
-  };
-};
+/** The update agent uses the same native SHA-256 adapter as the camera. */
+export { createSha256 as deviceSha256 } from "./cipher";

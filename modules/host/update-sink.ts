@@ -23,23 +23,15 @@
  * simulated firmware knows which version it is after a reboot, and a test can
  * ship an image whose self-test fails.
  */
-import { createHash } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import type { KeyValueStore, UpdateSink } from "../core/ports";
 import type { BootControl } from "../core/update";
-import type { DigestFactory } from "../core/release";
 import { canonicalBytes } from "../core/canonical";
 import { concatBytes, utf8Decode, utf8Encode } from "../core/bytes";
 
-/** SHA-256 from node:crypto, as the update agent's incremental digest. */
-export const hostSha256: DigestFactory = () => {
-  const h = createHash("sha256");
-  return {
-    update: (bytes) => void h.update(bytes),
-    finish: () => new Uint8Array(h.digest()),
-  };
-};
+/** The update agent uses the same native-digest adapter as the camera. */
+export { hostSha256 } from "./cipher";
 
 // ------------------------------------------------------------------ power cuts
 
