@@ -29,10 +29,13 @@ test("first run provisions, rings verify end to end, a revoked guest is refused;
   const key = /device key ([0-9a-f]{64})/.exec(first.out)?.[1];
   t.truthy(key);
 
-  const second = await simulate(["--home", home, "--rings", "1", "--exit", "--quiet"]);
+  const second = await simulate(["--home", home, "--rings", "1", "--exit", "--quiet", "--demo-update"]);
   t.is(second.code, 0, second.out);
+  t.regex(second.out, /update: ✔ device now runs version 2 \(was 1\)/);
+  t.regex(second.out, /update: ✔ downgrade refused: REJECTED reason=downgrade/);
   t.notRegex(second.out, /provisioning/);
   t.regex(second.out, new RegExp(`device key ${key}`), "same identity after a restart");
+  t.regex(second.out, /verified ring from doorward-sim-1 seq=\d+ boot=3/, "the updated firmware boots and rings");
   const seq = Number(/verified ring from doorward-sim-1 seq=(\d+) boot=2/.exec(second.out)?.[1]);
   t.true(seq > 3, `sequence continued above the first run: ${seq}`);
 });

@@ -30,6 +30,12 @@ import { SimulatedButton } from "../modules/host/button";
 import { FolderCamera } from "../modules/host/camera";
 import { hostAesGcm, hostSha256 } from "../modules/host/cipher";
 import { attachSnapshotViewer } from "./snapshot-consumer";
+import { openSimFirmware } from "../modules/host/update-sink";
+import { builtInKeys, ensureDevReleaseKey } from "./release";
+import { demoUpdate } from "./update-service";
+
+/** The simulated board's name: releases signed for it are the only ones it installs. */
+const SIM_BOARD = "host/sim";
 import { ensureDevPki } from "./pki";
 import { startStandin } from "./standin";
 import { CloudConsumer } from "./cloud";
@@ -47,6 +53,7 @@ interface SimOptions {
   buttonPort: number;
   quiet: boolean;
   demoAccess: boolean;
+  demoUpdate: boolean;
 }
 
 function parseArgs(argv: string[]): SimOptions {
@@ -58,6 +65,7 @@ function parseArgs(argv: string[]): SimOptions {
     buttonPort: Number(process.env.DOORWARD_BUTTON_PORT ?? 8080),
     quiet: false,
     demoAccess: false,
+    demoUpdate: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -73,8 +81,9 @@ function parseArgs(argv: string[]): SimOptions {
     else if (a === "--button-port") o.buttonPort = Number(value());
     else if (a === "--quiet") o.quiet = true;
     else if (a === "--demo-access") o.demoAccess = true;
+    else if (a === "--demo-update") o.demoUpdate = true;
     else if (a === "--help" || a === "-h") {
-      process.stdout.write("usage: npm start -- [--rings N] [--exit] [--demo-access] [--home DIR] [--thing NAME] [--button-port PORT] [--quiet]\n");
+      process.stdout.write("usage: npm start -- [--rings N] [--exit] [--demo-access] [--demo-update] [--home DIR] [--thing NAME] [--button-port PORT] [--quiet]\n");
       process.exit(0);
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
@@ -97,37 +106,61 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   const button = new SimulatedButton();
   const pressedAt = new Map<number, number>();
   const pem = (label: string, der: Uint8Array) => `-----BEGIN ${label}-----\n${Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n")}\n-----END ${label}-----\n`;
-  const firmware = bootFirmware({
-    clock,
-    random: hostRandom,
-    vaultStore: new FileStore(paths.vaultDir),
-    store: new FileStore(paths.nvsDir),
-    keys: openKeyFile(paths.keyFile, { warn: () => {} }),
-    log: createHostLog((line) => { if (!o.quiet) say(`  device ${line}`); }),
-    button,
-    transport: (id: DeviceIdentity) => new HostMqttTransport({
-      host: "127.0.0.1", port: standin.port, servername: id.endpoint.host, clientId: id.thing,
-      ca: pem("CERTIFICATE", id.tls.certificate), cert: pem("CERTIFICATE", id.tls.clientCertificates[0]), key: pem("PRIVATE KEY", id.tls.clientKey),
-    }),
-    onChime: () => say("  chime ♪ ding-dong"),
-    camera: new FolderCamera({ directory: path.join(REPO, "assets", "samples"), captureDelayMs: 60 }),
-    cipher: hostAesGcm,
-    sha256: hostSha256,
-  });
-  if (firmware.state !== "running") {
-    say(`device is ${firmware.state}: ${firmware.status.message}`);
-    say(`provision it again: npx tsx tools/provision.ts reset --thing ${o.thing} --yes, then npm start`);
+  const releaseKeys = builtInKeys(ensureDevReleaseKey(o.home));
+  const log = createHostLog((line) => { if (!o.quiet) say(`  device ${line}`); });
+  let firmware!: RunningFirmware;
+  let version = 0;
+  /** Power on: the simulated bootloader picks an image, then the firmware boots on it. An update restarts through here. */
+  const powerOn = (): RunningFirmware | undefined => {
+    const flash = openSimFirmware(path.join(paths.dir, "flash"), { board: SIM_BOARD });
+    version = flash.info.version;
+    const booted = bootFirmware({
+      clock,
+      random: hostRandom,
+      vaultStore: new FileStore(paths.vaultDir),
+      store: new FileStore(paths.nvsDir),
+      keys: openKeyFile(paths.keyFile, { warn: () => {} }),
+      log,
+      button,
+      transport: (id: DeviceIdentity) => new HostMqttTransport({
+        host: "127.0.0.1", port: standin.port, servername: id.endpoint.host, clientId: id.thing,
+        ca: pem("CERTIFICATE", id.tls.certificate), cert: pem("CERTIFICATE", id.tls.clientCertificates[0]), key: pem("PRIVATE KEY", id.tls.clientKey),
+      }),
+      onChime: () => say("  chime ♪ ding-dong"),
+      camera: new FolderCamera({ directory: path.join(REPO, "assets", "samples"), captureDelayMs: 60 }),
+      cipher: hostAesGcm,
+      sha256: hostSha256,
+      update: {
+        board: SIM_BOARD, runningVersion: flash.info.version, releaseKeys, sink: flash.slots, boot: flash.slots,
+        maxImageBytes: flash.slots.capacity, healthCheck: () => flash.info.healthy && firmware.doorbell.link.online,
+      },
+    });
+    if (booted.state !== "running") {
+      say(`device is ${booted.state}: ${booted.status.message}`);
+      say(`provision it again: npx tsx tools/provision.ts reset --thing ${o.thing} --yes, then npm start`);
+      return undefined;
+    }
+    flash.slots.onRestart = () => {
+      say("device restarting into the image its bootloader selected");
+      booted.stop();
+      // A real restart takes a moment; it also keeps to AWS's one CONNECT per second.
+      setTimeout(() => { if (!powerOn()) say("device failed to boot after restart"); }, 1100);
+    };
+    const originalPress = booted.doorbell.press.bind(booted.doorbell);
+    booted.doorbell.press = () => {
+      const ring = originalPress();
+      pressedAt.set(ring.seq, clock.monotonic());
+      return ring;
+    };
+    firmware = booted;
+    say(`firmware version ${version} booted (boot ${booted.doorbell.sequence.boot})`);
+    return booted;
+  };
+  if (!powerOn()) {
     await standin.close();
     return 1;
   }
-  const doorbell = firmware.doorbell;
   const identity = firmware.identity;
-  const originalPress = doorbell.press.bind(doorbell);
-  doorbell.press = () => {
-    const ring = originalPress();
-    pressedAt.set(ring.seq, clock.monotonic());
-    return ring;
-  };
 
   const cloud = new CloudConsumer();
   cloud.register(identity.thing, identity.publicKey);
@@ -150,7 +183,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     }
   });
 
-  say(`doorbell ${identity.thing} boot=${doorbell.sequence.boot} device key ${toHex(identity.publicKey)} (secrets in its encrypted vault)`);
+  say(`doorbell ${identity.thing} boot=${firmware.doorbell.sequence.boot} device key ${toHex(identity.publicKey)} (secrets in its encrypted vault)`);
   const apps = await connectApps(o, pki, standin.port, firmware);
   let snapshotsSaved = 0;
   const viewer = await attachSnapshotViewer(
@@ -161,7 +194,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   viewer.onResult((r) => { if (r.ok) snapshotsSaved++; });
 
   const online = new Promise<void>((resolve) => {
-    const poll = setInterval(() => { if (doorbell.link.online) { clearInterval(poll); resolve(); } }, 20);
+    const poll = setInterval(() => { if (firmware.doorbell.link.online) { clearInterval(poll); resolve(); } }, 20);
   });
   await online;
   for (let i = 0; i < o.rings; i++) {
@@ -171,6 +204,16 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   }
 
   if (o.demoAccess) await apps.demo(say, () => button.press());
+  if (o.demoUpdate) say("— update demo: a signed release through AWS IoT Jobs and streams, then a refused downgrade —");
+  let updateOk = true;
+  if (o.demoUpdate) {
+    const result = await demoUpdate({ standin, thing: identity.thing, home: o.home, board: SIM_BOARD, version: () => version, say });
+    updateOk = result.updated && result.downgradeRefused;
+    // Ring once more on the new firmware.
+    while (!firmware.doorbell.link.online) await new Promise((r) => setTimeout(r, 20));
+    say("button pressed (on the updated firmware)");
+    button.press();
+  }
 
   const shutdown = async () => {
     apps.close();
@@ -181,12 +224,12 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   };
 
   if (o.exit) {
-    const expected = o.rings + (o.demoAccess ? 2 : 0);
+    const expected = o.rings + (o.demoAccess ? 2 : 0) + (o.demoUpdate ? 1 : 0);
     const deadline = Date.now() + 15_000;
     while ((verified + rejected < expected || snapshotsSaved < expected) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     await shutdown();
     say(`${verified} of ${expected} rings verified end to end, ${rejected} rejected, ${snapshotsSaved} snapshots decrypted`);
-    return verified === expected && rejected === 0 && snapshotsSaved === expected ? 0 : 1;
+    return verified === expected && rejected === 0 && snapshotsSaved === expected && updateOk ? 0 : 1;
   }
 
   const server = http.createServer((req, res) => {
@@ -194,7 +237,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
       button.press();
       res.writeHead(202).end("ring\n");
     } else if (req.method === "GET" && req.url === "/status") {
-      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ ...doorbell.status(), verified, rejected }) + "\n");
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ ...firmware.doorbell.status(), version, verified, rejected }) + "\n");
     } else res.writeHead(404).end("POST /press or GET /status\n");
   });
   await new Promise<void>((resolve) => {
@@ -207,7 +250,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     rl.on("line", (line) => {
       const cmd = line.trim();
       if (cmd === "q") resolve();
-      else if (cmd === "s") say(JSON.stringify({ ...doorbell.status(), verified, rejected }));
+      else if (cmd === "s") say(JSON.stringify({ ...firmware.doorbell.status(), version, verified, rejected }));
       else if (cmd === "a") void apps.addGuest(say);
       else if (cmd === "v") void apps.guestCommand(say);
       else if (cmd === "r") void apps.revokeGuest(say);

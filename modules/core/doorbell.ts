@@ -49,6 +49,8 @@ export interface DoorbellOptions {
   onRing?: (ring: RingRecord) => void;
   /** Extra topic filters to subscribe (the commands topic is always subscribed). */
   subscriptions?: string[];
+  /** The link came up (first connect and every reconnect). */
+  onOnline?: () => void;
   /** Inbound messages (commands, shadow deltas, jobs): routed by the features that own those topics. */
   onMessage?: (topic: string, payload: Uint8Array) => void;
 }
@@ -94,7 +96,10 @@ export class Doorbell {
       random: options.random,
       log: options.log,
       subscriptions: [this.topics.commands, ...(options.subscriptions ?? [])],
-      onOnline: () => this.outbox.flush(true),
+      onOnline: () => {
+        this.outbox.flush(true);
+        options.onOnline?.();
+      },
       onOffline: () => this.outbox.linkLost(),
       onMessage: (topic, payload) => options.onMessage?.(topic, payload),
     });

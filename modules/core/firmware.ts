@@ -8,7 +8,9 @@
  * An unprovisioned or damaged device does not crash or loop: it reports why and
  * waits for a provisioning bundle on its local channel.
  */
-import type { Aead, Button, Camera, Clock, KeyValueStore, Log, MqttTransport, Random, Sha256Factory, Sha512 } from "./ports";
+import type { Aead, BootControl, Button, Camera, Clock, KeyValueStore, Log, MqttTransport, Random, Sha256Factory, Sha512, UpdateSink } from "./ports";
+import { UpdateAgent, updateSubscriptions, type UpdateEvent } from "./update";
+import type { TrustedKeys } from "./release";
 import { Snapshotter } from "./snapshot";
 import { Vault, type KeyProvider } from "./vault";
 import { Provisioning, type DeviceIdentity, type ProvisioningStatus } from "./provisioning";
@@ -35,9 +37,25 @@ export interface FirmwarePorts {
   sha256?: Sha256Factory;
   /** Snapshot chunk size: sized to the device's free RAM (default 8 KB). */
   chunkBytes?: number;
+  /** With this, signed firmware updates arrive through AWS IoT Jobs and streams on the same connection. */
+  update?: FirmwareUpdatePorts;
   /** Drive the chime and the status LED from here. */
   onPress?: () => void;
   onChime?: () => void;
+}
+
+export interface FirmwareUpdatePorts {
+  /** This build's board name and version, and the release keys built into it. */
+  board: string;
+  runningVersion: number;
+  releaseKeys: TrustedKeys;
+  sink: UpdateSink;
+  boot: BootControl;
+  /** Largest image the inactive slot holds. */
+  maxImageBytes: number;
+  /** Local self-test of a new image after it reached the cloud (default: the link is up). */
+  healthCheck?: () => boolean;
+  onEvent?: (event: UpdateEvent) => void;
 }
 
 export interface RunningFirmware {
@@ -46,6 +64,7 @@ export interface RunningFirmware {
   doorbell: Doorbell;
   access: AccessControl;
   snapshots: Snapshotter | undefined;
+  updates: UpdateAgent | undefined;
   vault: Vault;
   provisioning: Provisioning;
   stop(): void;
@@ -83,6 +102,17 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
 
   let doorbell: Doorbell;
   let snapshots: Snapshotter | undefined;
+  let updates: UpdateAgent | undefined;
+  const update = ports.update;
+  if (update && ports.sha256) {
+    updates = new UpdateAgent({
+      thing: identity.thing, board: update.board, runningVersion: update.runningVersion, releaseKeys: update.releaseKeys,
+      store: ports.store, sink: update.sink, boot: update.boot, clock: ports.clock, log, createDigest: ports.sha256,
+      maxImageBytes: update.maxImageBytes, onEvent: update.onEvent,
+      publish: (topic, payload) => doorbell.send(topic, payload, 0),
+      healthCheck: () => (update.healthCheck ? update.healthCheck() : doorbell.link.online),
+    });
+  }
   const onCommand = (payload: Uint8Array): CommandOutcome => {
     const outcome = access.handleCommand(payload);
     doorbell.send(doorbell.topics.replies, outcome.reply, 0);
@@ -109,8 +139,11 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     // The ring is published first; its snapshot follows once the broker has acknowledged it.
     onRing: (ring) => void snapshots?.onRing(ring),
     mayPrecompute: () => !snapshots?.busy,
+    subscriptions: updates ? updateSubscriptions(identity.thing) : [],
+    onOnline: () => updates?.linkOnline(),
     onMessage: (topic, payload) => {
       if (topic === doorbell.topics.commands) onCommand(payload);
+      else if (updates?.handles(topic)) updates.onMessage(topic, payload);
     },
   });
   if (ports.camera && ports.cipher && ports.sha256) {
@@ -120,14 +153,19 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     });
   }
   doorbell.start();
+  updates?.start();
   return {
     state: "running",
     identity,
     doorbell,
     access,
     snapshots,
+    updates,
     vault,
     provisioning,
-    stop: () => doorbell.stop(),
+    stop: () => {
+      updates?.stop();
+      doorbell.stop();
+    },
   };
 }
