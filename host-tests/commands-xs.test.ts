@@ -8,56 +8,13 @@
  */
 import test from "ava";
 import { AccessControl } from "../modules/core/commands";
-import { fromBase64Url, toBase64Url, utf8Decode } from "../modules/core/bytes";
-import { canonicalBytes, parseCanonical } from "../modules/core/canonical";
+import { utf8Decode } from "../modules/core/bytes";
 import { MemoryStore, SeededRandom } from "../tools/xs/deterministic";
-import { MemorySecretStore, OwnerApp, UserApp, createUserKeys } from "../tools/owner-app";
-import { startXsCore } from "../tools/xs/core";
-import nacl from "tweetnacl";
+import { MemorySecretStore } from "../tools/owner-app";
+import { commandScenario, measureCommandCosts, THING, NOW, DEVICE_SEED } from "../tools/bench/xs-commands";
 import type { Clock } from "../modules/core/ports";
 
-const THING = "porch-xs";
-const NOW = 1_780_000_000_000;
-const DEVICE_SEED = 0x0d00b0e1;
-
-function scenario() {
-  const keyRandom = new SeededRandom(1234);
-  const deviceSecret = new Uint8Array(32);
-  keyRandom.fill(deviceSecret);
-  const devicePublic = nacl.box.keyPair.fromSecretKey(deviceSecret).publicKey;
-  const ownerKeys = createUserKeys("owner", "owner", keyRandom);
-  const viewerKeys = createUserKeys("viewer-1", "viewer", keyRandom);
-  const strangerKeys = createUserKeys("stranger", "resident", keyRandom);
-  const now = () => NOW;
-  const appRandom = new SeededRandom(5678);
-  const owner = new OwnerApp({ keys: ownerKeys, thing: THING, deviceBoxPublicKey: devicePublic, now, random: appRandom });
-  const viewer = new UserApp({ keys: viewerKeys, thing: THING, deviceBoxPublicKey: devicePublic, now, random: appRandom, gen: 2 });
-  const stranger = new UserApp({ keys: strangerKeys, thing: THING, deviceBoxPublicKey: devicePublic, now, random: appRandom });
-  const grant = owner.addUser(viewerKeys.identity).payload;
-  const snapshot = viewer.command("snapshot").payload;
-  const env = parseCanonical(viewer.command("snapshot").payload, 4096) as Record<string, string | number>;
-  const box = fromBase64Url(env.box as string);
-  box[3] ^= 1;
-  const badMac = canonicalBytes({ ...env, box: toBase64Url(box) });
-  const unknown = stranger.command("snapshot").payload;
-  const garbage = new Uint8Array(4000).fill(0x5b);
-  const madeBeforeRevoke = viewer.command("snapshot").payload;
-  owner.gen = 2;
-  const revoke = owner.revoke("viewer-1").payload;
-  const steps: Array<[string, Uint8Array]> = [
-    ["grant: add a viewer (owner MAC + Ed25519 verify + box.before)", grant],
-    ["command check + accept (viewer snapshot)", snapshot],
-    ["refusal: replay of that command", snapshot],
-    ["refusal: bad-mac", badMac],
-    ["refusal: unknown-sender", unknown],
-    ["refusal: 4000 B of '[' (malformed)", garbage],
-    ["revoke one user (owner MAC, no signature)", revoke],
-    ["refusal: revoked sender", madeBeforeRevoke],
-  ];
-  return { deviceSecret, ownerIdentity: ownerKeys.identity, steps };
-}
-
-function nodeReplies(s: ReturnType<typeof scenario>): { enrolReply: number; replies: Uint8Array[]; wrap: Uint8Array[] } {
+function nodeReplies(s: ReturnType<typeof commandScenario>): { enrolReply: number; replies: Uint8Array[]; wrap: Uint8Array[] } {
   const clock: Clock = { monotonic: () => 0, wallTime: () => NOW, schedule: () => () => {} };
   const access = new AccessControl({
     thing: THING, secrets: new MemorySecretStore(), store: new MemoryStore(), random: new SeededRandom(DEVICE_SEED), clock, log: () => {},
@@ -69,45 +26,15 @@ function nodeReplies(s: ReturnType<typeof scenario>): { enrolReply: number; repl
 }
 
 test("command checks on XS: identical replies to Node, and their meter cost", async (t) => {
-  const s = scenario();
+  const s = commandScenario();
   const onNode = nodeReplies(s);
-  const xs = await startXsCore({ name: "xs-commands", stdout: "ignore" });
-  t.teardown(() => xs.close());
-
-  await xs.run(`
-    const { AccessControl } = importNow("core/commands");
-    const { MemoryStore, SeededRandom } = importNow("harness/deterministic");
-    state.nacl = importNow("tweetnacl").default;
-    const m = new Map();
-    state.secrets = { get: (n) => { const v = m.get(n); return v && v.slice(); }, set: (n, v) => { m.set(n, v.slice()); }, delete: (n) => { m.delete(n); } };
-    state.options = {
-      thing: args.thing, secrets: state.secrets, store: new MemoryStore(), random: new SeededRandom(args.seed),
-      clock: { monotonic: () => 0, wallTime: () => args.now, schedule: () => () => {} }, log: () => {},
-      deviceBoxSecretKey: args.deviceSecret, owner: args.owner,
-    };
-    state.AccessControl = AccessControl;
-    state.message = new Uint8Array(200).map((_, i) => (i * 13 + 1) & 255);
-    state.signKeys = state.nacl.sign.keyPair.fromSeed(new Uint8Array(32).fill(9));`,
-  { thing: THING, seed: DEVICE_SEED, now: NOW, deviceSecret: s.deviceSecret, owner: s.ownerIdentity });
-
-  const costs: Array<[string, number]> = [];
-  const enrol = await xs.run<number>(`state.access = new state.AccessControl(state.options); return state.access.generation;`);
-  t.is(enrol.value, 1);
-  costs.push(["enrol owner at first boot (box.before + key derivation + 2 stores)", enrol.meter.body]);
-  for (let i = 0; i < s.steps.length; i++) {
-    const [name, payload] = s.steps[i];
-    const r = await xs.run<{ reply: Uint8Array; ok: boolean; reason?: string }>(`const o = state.access.handleCommand(args); return { reply: o.reply, ok: o.ok, reason: o.reason };`, payload);
-    t.is(utf8Decode(r.value.reply), utf8Decode(onNode.replies[i]), `${name}: XS and Node replies differ`);
-    costs.push([`${name} → ${r.value.ok ? "ok" : r.value.reason}`, r.meter.body]);
-  }
-  const wrap = await xs.run<Uint8Array[]>(`return state.access.wrapContentKey(new Uint8Array(32).fill(7)).keys.map((k) => k.wrapped);`);
-  t.deepEqual(wrap.value, onNode.wrap);
-  costs.push(["wrapContentKey, 1 recipient (owner)", wrap.meter.body]);
-  const sign = await xs.run(`state.sig = state.nacl.sign.detached(state.message, state.signKeys.secretKey); return true;`);
-  const verify = await xs.run<boolean>(`return state.nacl.sign.detached.verify(state.message, state.sig, state.signKeys.publicKey);`);
-  t.true(verify.value);
-  const before = await xs.run(`return state.nacl.box.before(state.signKeys.publicKey, new Uint8Array(32).fill(3)).length;`);
-
+  const m = await measureCommandCosts(s);
+  m.replies.forEach((reply, i) => t.is(utf8Decode(reply), utf8Decode(onNode.replies[i]), `${s.steps[i][0]}: XS and Node replies differ`));
+  t.deepEqual(m.wrap, onNode.wrap);
+  const { costs } = m;
+  const sign = { meter: { body: m.sign } };
+  const verify = { meter: { body: m.verify } };
+  const before = { meter: { body: m.boxBefore } };
   // Calibration: facts file has nacl-fast sign (200 B) = 870 M x86 instructions; ESP32 model = 1 instruction per cycle at 240 MHz.
   const perUnit = 870e6 / sign.meter.body;
   const fmt = (units: number) => {

@@ -17,6 +17,9 @@
 import fs from "node:fs";
 import { measureLatency } from "./bench/latency";
 import { measureXsRing, esp32Ms } from "./bench/xs-ring";
+import { measureCommandCosts } from "./bench/xs-commands";
+import { measureSnapshotCosts, FRAME, CHUNK_SIZES } from "./bench/xs-snapshot";
+import { startXsCore } from "./xs/core";
 
 const quick = process.argv.includes("--quick");
 const out = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1] : "bench-results.json";
@@ -30,6 +33,14 @@ async function main(): Promise<void> {
   const started = Date.now();
   const xs = await measureXsRing({ heapRings: quick ? 100 : 1000, callgrind: !quick });
   const latency = await measureLatency(quick ? 200 : 1000);
+  const commands = await measureCommandCosts();
+  const snapXs = await startXsCore({ stdout: "ignore" });
+  const snapshot = await measureSnapshotCosts(snapXs).finally(() => snapXs.close());
+  // Meter units → x86 instructions, calibrated in the same worker by a full sign (870 M instructions in the facts file).
+  const perUnit = 870e6 / commands.sign;
+  const cost = (name: string) => commands.costs.find(([n]) => n.startsWith(name))?.[1] ?? NaN;
+  const snapshotJsPerKb: Record<number, number> = {};
+  for (const c of CHUNK_SIZES) snapshotJsPerKb[c] = (snapshot.perFrame[c] - snapshot.standinsOnly[c]) / (FRAME / 1024);
 
   const i = xs.instructions;
   row("XS: one ring, press → signed bytes (online signature)", `${fmtM(xs.meter.ringOnline)} meter`, i ? `${fmtM(i.ringOnline)} instr` : "-", i ? `${fmtMs(esp32Ms(i.ringOnline))} (JS SHA-512)` : "-");
@@ -40,6 +51,13 @@ async function main(): Promise<void> {
   row("XS: boot (sequence open, key load; public key stored)", `${fmtM(xs.meter.bootWithStoredKey)} meter`, "-", "-");
   row("XS: boot deriving the public key from the seed", `${fmtM(xs.meter.bootDerivingKey)} meter`, "-", "-");
   row(`XS heap: live slots after boot → after ${xs.heap.rings} rings (after GC)`, `${xs.heap.afterBoot.slots} → ${xs.heap.afterRings.slots}`, `peak ${xs.heap.peakSlots} slots`, `heap space ${xs.heap.afterBoot.allocatedBytes} → ${xs.heap.afterRings.allocatedBytes} B`);
+  const modelled = (units: number) => `${fmtMs(esp32Ms(units * perUnit))} (≈${fmtM(units * perUnit)} instr)`;
+  row("XS: command check + accept (MAC, replay, generation)", `${fmtM(cost("command check"))} meter`, modelled(cost("command check")), "");
+  row("XS: revoke one user (applied at once, no Ed25519)", `${fmtM(cost("revoke one"))} meter`, modelled(cost("revoke one")), "");
+  row("XS: cheapest refusal (revoked sender)", `${fmtM(cost("refusal: revoked"))} meter`, modelled(cost("refusal: revoked")), "");
+  row("XS: grant a user (owner Ed25519 verify + box.before)", `${fmtM(cost("grant"))} meter`, modelled(cost("grant")), "rare; runs when idle");
+  for (const c of CHUNK_SIZES) row(`XS: snapshot JS part per KB, ${c / 1024} KB chunks (native AES-GCM/SHA-256 excluded)`, `${snapshotJsPerKb[c].toFixed(0)} meter/KB`, `${fmtMs(esp32Ms(snapshotJsPerKb[c] * perUnit * 100))} per 100 KB`, "upper bound: xsnap's XS copies per byte");
+  row("XS: snapshot manifest event (canonical + online sign)", `${fmtM(snapshot.manifestEvent)} meter`, modelled(snapshot.manifestEvent), `wrap per recipient ${fmtM(snapshot.wrap1)} meter`);
   const l = latency;
   row(`Node: press → PUBACK (n=${l.pressToPuback.n})`, `p50 ${fmtMs(l.pressToPuback.p50)}`, `p99 ${fmtMs(l.pressToPuback.p99)}`, `×${l.ratioP50.toFixed(2)} / ×${l.ratioP99.toFixed(2)} of bare`);
   row(`Node: press → verified by the cloud (tweetnacl + OpenSSL)`, `p50 ${fmtMs(l.pressToVerified.p50)}`, `p99 ${fmtMs(l.pressToVerified.p99)}`, "");
@@ -48,7 +66,7 @@ async function main(): Promise<void> {
 
   const widths = [0, 1, 2, 3].map((c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
   for (const r of rows) console.log(r.map((cell, c) => (cell ?? "").padEnd(widths[c])).join("  │ "));
-  const results = { date: new Date().toISOString(), quick, seconds: (Date.now() - started) / 1000, xs, latency, esp32Model: { hz: 240e6, note: "1 instruction per cycle: lower bound; realistic 1.3-3x" } };
+  const results = { date: new Date().toISOString(), quick, seconds: (Date.now() - started) / 1000, xs, latency, commands: { costs: commands.costs, calibrationInstructionsPerUnit: perUnit }, snapshot: { ...snapshot, jsMeterPerKb: snapshotJsPerKb }, esp32Model: { hz: 240e6, note: "1 instruction per cycle: lower bound; realistic 1.3-3x" } };
   fs.writeFileSync(out, JSON.stringify(results, null, 2) + "\n");
   console.log(`\nwrote ${out} in ${results.seconds.toFixed(0)} s`);
 }
