@@ -16,7 +16,7 @@ import { Vault, type KeyProvider } from "./vault";
 import { Provisioning, type DeviceIdentity, type ProvisioningStatus } from "./provisioning";
 import { AccessControl, type CommandOutcome } from "./commands";
 import { deviceBoxSecretFromSeed } from "./access";
-import { Doorbell } from "./doorbell";
+import { Doorbell, type RingRecord } from "./doorbell";
 
 export interface FirmwarePorts {
   clock: Clock;
@@ -41,6 +41,8 @@ export interface FirmwarePorts {
   update?: FirmwareUpdatePorts;
   /** Drive the chime and the status LED from here. */
   onPress?: () => void;
+  /** A ring's signed event is ready and queued (its seq, payload and PUBACK promise). */
+  onRing?: (ring: RingRecord) => void;
   onChime?: () => void;
 }
 
@@ -137,7 +139,10 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
       ports.onChime?.();
     },
     // The ring is published first; its snapshot follows once the broker has acknowledged it.
-    onRing: (ring) => void snapshots?.onRing(ring),
+    onRing: (ring) => {
+      ports.onRing?.(ring);
+      void snapshots?.onRing(ring);
+    },
     mayPrecompute: () => !snapshots?.busy,
     subscriptions: updates ? updateSubscriptions(identity.thing) : [],
     onOnline: () => updates?.linkOnline(),
