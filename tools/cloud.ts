@@ -11,6 +11,7 @@ import { openEnvelope } from "../modules/core/events";
 import { opensslVerify } from "./openssl-ed25519";
 import { toHex } from "../modules/core/bytes";
 import { TOPIC_ROOT } from "../modules/core/topics";
+import { waitForMatch } from "./wait-for";
 
 export interface CloudOptions {
   host: string;
@@ -76,17 +77,7 @@ export class CloudConsumer {
 
   /** Resolves with the first event matching the predicate (already received or future). */
   waitFor(predicate: (e: ReceivedEvent) => boolean, timeoutMs = 10_000): Promise<ReceivedEvent> {
-    const found = this.received.find(predicate);
-    if (found) return Promise.resolve(found);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => { off(); reject(new Error(`no matching event within ${timeoutMs} ms`)); }, timeoutMs);
-      const off = this.onEvent((e) => {
-        if (!predicate(e)) return;
-        clearTimeout(timer);
-        off();
-        resolve(e);
-      });
-    });
+    return waitForMatch(this.received, (l) => this.onEvent(l), predicate, timeoutMs, "event");
   }
 
   close(): Promise<void> {

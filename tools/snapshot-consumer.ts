@@ -19,6 +19,7 @@
  * State is bounded: at most maxPending snapshots, maxSnapshotBytes each;
  * chunks without a manifest expire after manifestTimeoutMs.
  */
+import { waitForMatch } from "./wait-for";
 import fs from "node:fs";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -371,17 +372,7 @@ export class SnapshotConsumer {
   }
 
   waitFor(predicate: (r: SnapshotResult) => boolean, timeoutMs = 10_000): Promise<SnapshotResult> {
-    const found = this.results.find(predicate);
-    if (found) return Promise.resolve(found);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => { off(); reject(new Error(`no matching snapshot within ${timeoutMs} ms`)); }, timeoutMs);
-      const off = this.onResult((r) => {
-        if (!predicate(r)) return;
-        clearTimeout(timer);
-        off();
-        resolve(r);
-      });
-    });
+    return waitForMatch(this.results, (l) => this.onResult(l), predicate, timeoutMs, "snapshot");
   }
 
   close(): Promise<void> {
