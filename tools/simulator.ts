@@ -26,6 +26,7 @@ import { FileStore } from "../modules/host/file-store";
 import { openKeyFile } from "../modules/host/key-file";
 import { createHostLog } from "../modules/host/log";
 import { HostMqttTransport } from "../modules/host/mqtt-transport";
+import { simulatorEgress } from "../modules/host/egress";
 import { SimulatedButton } from "../modules/host/button";
 import { FolderCamera } from "../modules/host/camera";
 import { hostAesGcm, hostSha256 } from "../modules/host/cipher";
@@ -54,6 +55,7 @@ interface SimOptions {
   quiet: boolean;
   demoAccess: boolean;
   demoUpdate: boolean;
+  demoEgress: boolean;
 }
 
 function parseArgs(argv: string[]): SimOptions {
@@ -66,6 +68,7 @@ function parseArgs(argv: string[]): SimOptions {
     quiet: false,
     demoAccess: false,
     demoUpdate: false,
+    demoEgress: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -82,8 +85,9 @@ function parseArgs(argv: string[]): SimOptions {
     else if (a === "--quiet") o.quiet = true;
     else if (a === "--demo-access") o.demoAccess = true;
     else if (a === "--demo-update") o.demoUpdate = true;
+    else if (a === "--demo-egress") o.demoEgress = true;
     else if (a === "--help" || a === "-h") {
-      process.stdout.write("usage: npm start -- [--rings N] [--exit] [--demo-access] [--demo-update] [--home DIR] [--thing NAME] [--button-port PORT] [--quiet]\n");
+      process.stdout.write("usage: npm start -- [--rings N] [--exit] [--demo-access] [--demo-update] [--demo-egress] [--home DIR] [--thing NAME] [--button-port PORT] [--quiet]\n");
       process.exit(0);
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
@@ -108,6 +112,8 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   let lastPressAt = 0;
   const pem = (label: string, der: Uint8Array) => `-----BEGIN ${label}-----\n${Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n")}\n-----END ${label}-----\n`;
   const releaseKeys = builtInKeys(ensureDevReleaseKey(o.home));
+  // The one way out for the simulated device: the manifest's lin allowlist plus this run's stand-in port.
+  const egress = simulatorEgress({ standinPort: standin.port });
   const log = createHostLog((line) => { if (!o.quiet) say(`  device ${line}`); });
   let firmware!: RunningFirmware;
   let version = 0;
@@ -123,8 +129,9 @@ export async function runSimulator(o: SimOptions): Promise<number> {
       keys: openKeyFile(paths.keyFile, { warn: () => {} }),
       log,
       button,
+      egress: egress.guard,
       transport: (id: DeviceIdentity) => new HostMqttTransport({
-        host: "127.0.0.1", port: standin.port, servername: id.endpoint.host, clientId: id.thing,
+        host: "127.0.0.1", port: standin.port, servername: id.endpoint.host, clientId: id.thing, egress,
         ca: pem("CERTIFICATE", id.tls.certificate), cert: pem("CERTIFICATE", id.tls.clientCertificates[0]), key: pem("PRIVATE KEY", id.tls.clientKey),
       }),
       onChime: () => say("  chime ♪ ding-dong"),
@@ -221,6 +228,17 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     await standin.close();
   };
 
+  /** What a rogue module inside the firmware would do: open a connection somewhere nobody chose. */
+  const phoneHome = () => {
+    try {
+      egress.connectMqtt({ host: "audio-collector.example", port: 443, requester: "sim/phone-home" }, { clientId: identity.thing, ca: "", cert: "", key: "", keepaliveSeconds: 60, connectTimeoutMs: 1000 });
+      say("egress ✘ phone-home was NOT refused");
+    } catch (e) {
+      say(`egress ✔ refused before DNS or a socket: ${(e as Error).message}; refused so far ${egress.guard.status().refused}; a signed audit event reports it to the owner`);
+    }
+  };
+  if (o.demoEgress) phoneHome();
+
   if (o.exit) {
     const expected = o.rings + (o.demoAccess ? 2 : 0) + (o.demoUpdate ? 1 : 0);
     const deadline = Date.now() + 15_000;
@@ -235,23 +253,24 @@ export async function runSimulator(o: SimOptions): Promise<number> {
       button.press();
       res.writeHead(202).end("ring\n");
     } else if (req.method === "GET" && req.url === "/status") {
-      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ ...firmware.doorbell.status(), version, verified, rejected }) + "\n");
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ ...firmware.status(), version, verified, rejected }) + "\n");
     } else res.writeHead(404).end("POST /press or GET /status\n");
   });
   await new Promise<void>((resolve) => {
     server.once("error", (e: NodeJS.ErrnoException) => { say(`button endpoint not started (${e.code}); keyboard only`); resolve(); });
     server.listen(o.buttonPort, "127.0.0.1", () => { say(`button endpoint: curl -X POST http://127.0.0.1:${o.buttonPort}/press`); resolve(); });
   });
-  say("press Enter to ring · a: owner adds a guest · v: guest asks for a snapshot · r: owner revokes the guest · s: status · q: quit");
+  say("press Enter to ring · a: owner adds a guest · v: guest asks for a snapshot · r: owner revokes the guest · p: firmware tries to phone home · s: status · q: quit");
   const rl = readline.createInterface({ input: process.stdin });
   await new Promise<void>((resolve) => {
     rl.on("line", (line) => {
       const cmd = line.trim();
       if (cmd === "q") resolve();
-      else if (cmd === "s") say(JSON.stringify({ ...firmware.doorbell.status(), version, verified, rejected }));
+      else if (cmd === "s") say(JSON.stringify({ ...firmware.status(), version, verified, rejected }));
       else if (cmd === "a") void apps.addGuest(say);
       else if (cmd === "v") void apps.guestCommand(say);
       else if (cmd === "r") void apps.revokeGuest(say);
+      else if (cmd === "p") phoneHome();
       else button.press();
     });
     rl.on("close", resolve);

@@ -17,6 +17,7 @@ import { Provisioning, type DeviceIdentity, type ProvisioningStatus } from "./pr
 import { AccessControl, type CommandOutcome } from "./commands";
 import { deviceBoxSecretFromSeed } from "./access";
 import { Doorbell, type RingRecord } from "./doorbell";
+import type { EgressGuard } from "./egress";
 
 export interface FirmwarePorts {
   clock: Clock;
@@ -27,8 +28,13 @@ export interface FirmwarePorts {
   store: KeyValueStore;
   keys: KeyProvider;
   log: Log;
-  /** Build the one MQTT transport from the provisioned identity (endpoint, client certificate, CA). */
-  transport: (identity: DeviceIdentity) => MqttTransport;
+  /** Build the one MQTT transport from the provisioned identity (endpoint, client certificate, CA), opening it through the egress guard. */
+  transport: (identity: DeviceIdentity, egress: EgressGuard | undefined) => MqttTransport;
+  /**
+   * The egress allowlist (./egress). With it, a trust anchor the profile does not allow stops the boot
+   * (throws EgressConfigError), and refused destinations are reported as signed audit events.
+   */
+  egress?: EgressGuard;
   button?: Button;
   sha512?: Sha512;
   /** With all three, every ring is followed by an end-to-end encrypted snapshot. */
@@ -64,6 +70,9 @@ export interface RunningFirmware {
   state: "running";
   identity: DeviceIdentity;
   doorbell: Doorbell;
+  egress: EgressGuard | undefined;
+  /** The doorbell's counters plus the egress counts: what a status command or the simulator's `s` shows. */
+  status(): ReturnType<Doorbell["status"]> & { egress: ReturnType<EgressGuard["status"]> | undefined };
   access: AccessControl;
   snapshots: Snapshotter | undefined;
   updates: UpdateAgent | undefined;
@@ -89,6 +98,8 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     return { state: status.state === "damaged" ? "damaged" : "unprovisioned", status, vault, provisioning };
   }
   const identity = provisioning.identity();
+  // Production trusts Amazon Root CA 1 and 3 only: a development CA in the bundle stops here, before any connection.
+  ports.egress?.assertTrustStore([identity.tls.certificate], ports.sha512);
 
   const access = new AccessControl({
     thing: identity.thing,
@@ -130,7 +141,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     clock: ports.clock,
     random: ports.random,
     store: ports.store,
-    transport: ports.transport(identity),
+    transport: ports.transport(identity, ports.egress),
     log,
     button: ports.button,
     sha512: ports.sha512,
@@ -157,18 +168,23 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
       random: ports.random, clock: ports.clock, log, chunkBytes: ports.chunkBytes,
     });
   }
+  const egress = ports.egress;
+  const detachAudit = egress?.attachReporter({ clock: ports.clock, emit: (fields) => void doorbell.emit("audit", fields), mayReport: () => doorbell.signer.ready > 0 });
   doorbell.start();
   updates?.start();
   return {
     state: "running",
     identity,
     doorbell,
+    egress,
+    status: () => ({ ...doorbell.status(), egress: egress?.status() }),
     access,
     snapshots,
     updates,
     vault,
     provisioning,
     stop: () => {
+      detachAudit?.();
       updates?.stop();
       doorbell.stop();
     },

@@ -1,14 +1,15 @@
 /*
- * A DNS resolver in the ECMA-419 shape (embedded:network/dns/resolver) over
- * the system resolver, Net.resolve: lwIP's DNS client on ESP32, getaddrinfo
- * on the simulator.
+ * A DNS resolver in the ECMA-419 shape (embedded:network/dns/resolver) over a
+ * look-up function: on the device, the guarded Net.resolve of ./egress, which
+ * asks the allowlist first and otherwise uses lwIP's DNS client (ESP32) or
+ * getaddrinfo (the simulator).
  *
  * The ECMA-419 MQTT client asks its `dns.io` for the broker's address. The
  * SDK's UDP resolver needs a list of public DNS servers (its example uses
  * 1.1.1.1); this one uses whatever server DHCP configured, so the device talks
- * to no extra host. Callbacks are always asynchronous.
+ * to no extra host. It imports no network module itself: ./egress builds it
+ * with resolverClass(). Callbacks are always asynchronous.
  */
-import Net from "net";
 
 export interface ResolveOptions {
   host: string;
@@ -16,29 +17,37 @@ export interface ResolveOptions {
   onError?: (host: string) => void;
 }
 
-const IPV4 = /^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$/;
+/** Net.resolve's shape: address is undefined when the name cannot be resolved (or may not be). */
+export type Lookup = (host: string, callback: (name: string, address?: string) => void) => void;
 
-export default class NetResolver {
-  #closed = false;
+export interface LookupResolver {
+  resolve(options: ResolveOptions): void;
+  close(): void;
+}
 
-  constructor(_options?: object) {}
+export function resolverClass(lookup: Lookup): new (options?: object) => LookupResolver {
+  return class Resolver implements LookupResolver {
+    #closed = false;
 
-  resolve(options: ResolveOptions): void {
-    const { host, onResolved, onError } = options;
-    if (IPV4.test(host)) {
-      Promise.resolve().then(() => {
-        if (!this.#closed) onResolved?.(host, host);
+    constructor(_options?: object) {}
+
+    resolve(options: ResolveOptions): void {
+      const { host, onResolved, onError } = options;
+      let sync = true;
+      lookup(host, (_name, address) => {
+        const answer = () => {
+          if (this.#closed) return;
+          if (address) onResolved?.(host, address);
+          else onError?.(host);
+        };
+        if (sync) Promise.resolve().then(answer);
+        else answer();
       });
-      return;
+      sync = false;
     }
-    Net.resolve(host, (_name, address) => {
-      if (this.#closed) return;
-      if (address) onResolved?.(host, address);
-      else onError?.(host);
-    });
-  }
 
-  close(): void {
-    this.#closed = true;
-  }
+    close(): void {
+      this.#closed = true;
+    }
+  };
 }

@@ -6,9 +6,17 @@
  * Outbox owns re-sending, exactly as on the device, where the ECMA-419 client
  * has neither. Publishes still waiting for PUBACK when the session ends are
  * rejected so the outbox knows to send them again.
+ *
+ * The session is opened through ./egress, the host's only way out: a
+ * destination the allowlist does not hold ends the attempt with onClose before
+ * any DNS look-up or socket, and counts as a refusal in the guard.
  */
-import mqtt, { type MqttClient } from "mqtt";
+import type { MqttClient } from "mqtt";
 import type { MqttHandlers, MqttTransport } from "../core/ports";
+import { HostEgress, loopbackEgress } from "./egress";
+
+/** Reported with every refusal: which module asked. */
+export const REQUESTER = "host/mqtt-transport";
 
 export interface HostMqttOptions {
   host: string;
@@ -21,18 +29,24 @@ export interface HostMqttOptions {
   /** SNI name; AWS IoT refuses connections without it. Defaults to host. */
   servername?: string;
   keepaliveSeconds?: number;
+  /** The firmware's egress chokepoint. Without one, only this loopback destination is allowed (tests wiring a Doorbell by hand). */
+  egress?: HostEgress;
 }
 
 export class HostMqttTransport implements MqttTransport {
   #options: HostMqttOptions;
   #client: MqttClient | undefined;
   #pending = new Set<(e: Error) => void>();
+  #egress: HostEgress;
+  /** The current connect() attempt: a refusal reported late must not reach a session closed or replaced since. */
+  #attempt: object | undefined;
 
   constructor(options: HostMqttOptions) {
     if (!(options.keepaliveSeconds === undefined || (options.keepaliveSeconds > 0 && options.keepaliveSeconds <= 1200))) {
       throw new RangeError("mqtt: keep-alive must be 1-1200 s (AWS IoT limit)");
     }
     this.#options = options;
+    this.#egress = options.egress ?? loopbackEgress(options.host, options.port);
   }
 
   connect(handlers: MqttHandlers): void {
@@ -40,26 +54,23 @@ export class HostMqttTransport implements MqttTransport {
     const o = this.#options;
     let closed = false;
     let lastError = "";
-    const client = mqtt.connect({
-      protocol: "mqtts",
-      host: o.host,
-      port: o.port,
-      clientId: o.clientId,
-      ca: o.ca,
-      cert: o.cert,
-      key: o.key,
-      servername: o.servername ?? o.host,
-      rejectUnauthorized: true,
-      clean: true,
-      keepalive: o.keepaliveSeconds ?? 300,
-      reconnectPeriod: 0,
-      connectTimeout: 10_000,
-      protocolVersion: 4,
-      queueQoSZero: false,
-    });
+    const attempt = {};
+    this.#attempt = attempt;
+    let client: MqttClient;
+    try {
+      client = this.#egress.connectMqtt(
+        { host: o.host, port: o.port, requester: REQUESTER },
+        { clientId: o.clientId, ca: o.ca, cert: o.cert, key: o.key, servername: o.servername, keepaliveSeconds: o.keepaliveSeconds ?? 300, connectTimeoutMs: 10_000 },
+      );
+    } catch (e) {
+      // Refused (or unbuildable): report it like any failed attempt, asynchronously, as a socket error would be.
+      const reason = e instanceof Error ? e.message : String(e);
+      setTimeout(() => {
+        if (this.#attempt === attempt) handlers.onClose(reason);
+      }, 0);
+      return;
+    }
     this.#client = client;
-    // A ring is one small packet: send it now rather than let Nagle wait for more (lwIP on the device sends at once too).
-    (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
     client.on("connect", () => handlers.onConnect());
     client.on("message", (topic, payload) => handlers.onMessage(topic, new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength)));
     client.on("error", (e) => (lastError = e.message));
@@ -100,6 +111,7 @@ export class HostMqttTransport implements MqttTransport {
   }
 
   close(): void {
+    this.#attempt = undefined;
     const client = this.#client;
     this.#client = undefined;
     this.#failPending(new Error("transport closed"));
