@@ -11,6 +11,14 @@
  * imported, nothing preloaded drags in tweetnacl, and the shipped config
  * passes the device's own settings parser. The checkers are also run on a
  * broken tree, so a check that stops finding problems fails too.
+ *
+ * Per board it also checks what a maker flashes: the pins (defined, distinct,
+ * clear of the camera, the PSRAM and the strapping pins), the partition table
+ * (two equal OTA slots, otadata, nvs, nvs_keys, aligned, inside the flash the
+ * sdkconfig declares), the sdkconfig (rollback on), the key hardware each board
+ * binds, and that a board build's egress allowlist and trust store are the
+ * production ones: the AWS endpoint given at build time, one NTP host, Amazon
+ * Root CA 1 and 3, and nothing of the simulator's.
  */
 import test from "ava";
 import fs from "node:fs";
@@ -18,11 +26,17 @@ import os from "node:os";
 import path from "node:path";
 import { builtinModules } from "node:module";
 import { importsOf } from "../tools/import-rules";
+import nacl from "tweetnacl";
 import { parseSettings, SettingsError } from "../modules/device/settings";
+import { AMAZON_ROOTS, AMAZON_ROOT_RESOURCES, EgressConfigError, parseEgressConfig, trustAnchorNamesProblem } from "../modules/core/egress";
+import { toHex } from "../modules/core/bytes";
+import { BOARDS as MC_BOARDS } from "../tools/mc";
 
 const ROOT = path.resolve(".");
-const BOARDS = ["esp32/xiao_esp32s3_sense", "esp32/m5atom_s3r_m12", "esp32/lilygo_t_camera_plus_s3"];
+const S3_BOARDS = ["esp32/xiao_esp32s3_sense", "esp32/m5atom_s3r_m12", "esp32/lilygo_t_camera_plus_s3"];
+const BOARDS = [...S3_BOARDS, "esp32/esp32cam"];
 const PLATFORMS = [...BOARDS, "lin"];
+const ENDPOINT = "abc123example-ats.iot.eu-west-1.amazonaws.com";
 /** SDK modules device code may import (all provided by manifest.json's includes). */
 const SDK_MODULES = ["preference", "timer", "time", "net", "crypt", "gcm", "Resource", "mc/config", "mc/ffi"];
 
@@ -194,18 +208,30 @@ const npmPackages = () => {
 
 const manifest = () => readManifest(path.join(ROOT, "manifest.json")).json;
 
+const ffiOf = (p: string): Json => Object.assign({}, ...manifestsFor(ROOT, p).flatMap((m) => sectionsOf(m, p).map((s) => s.ffi?.functions ?? {})));
+/** build.* of a platform, "./" paths resolved against the manifest that sets them (as mcmanifest.js parseBuild does). */
+function buildFor(root: string, platform: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const m of manifestsFor(root, platform)) {
+    for (const s of sectionsOf(m, platform)) {
+      for (const [k, v] of Object.entries((s.build ?? {}) as Record<string, string>)) out[k] = v.startsWith("./") ? path.resolve(path.dirname(m.file), v) : v;
+    }
+  }
+  return out;
+}
+
 test("every module path the manifest names exists, on every platform", (t) => {
   for (const platform of PLATFORMS) {
     const { problems, files } = moduleMap(ROOT, platform);
     t.deepEqual(problems, [], platform);
-    t.true(files.has("device/button") && files.has("device/random"), `${platform} maps its platform modules`);
+    for (const m of ["device/button", "device/random", "device/board", "device/vault-key", "device/main", "device/egress"]) t.true(files.has(m), `${platform} maps ${m}`);
   }
 });
 
 test("every file in modules/device is listed, and the entry module is the one creation.main names", (t) => {
   const sources = new Set(PLATFORMS.flatMap((p) => [...moduleMap(ROOT, p).files.values()]));
   const device = fs.readdirSync("modules/device").filter((f) => f.endsWith(".ts") && !f.endsWith(".d.ts"));
-  t.true(device.length >= 10);
+  t.true(device.length >= 30);
   for (const f of device) t.true(sources.has(path.resolve("modules/device", f)), `modules/device/${f} is not in manifest.json or a hardware/*.json`);
   const main = manifest().creation?.main;
   t.is(main, "device/main");
@@ -231,20 +257,7 @@ test("nothing preloaded reaches tweetnacl", (t) => {
   for (const p of PLATFORMS) t.deepEqual(preloadProblems(ROOT, p), [], p);
 });
 
-test("TLS: DHE_RSA off; the trust anchors are DER files the config names", (t) => {
-  const m = manifest();
-  t.is(m.config.tls.DHE_RSA, false);
-  const anchors: string[] = m.config.doorward.trustAnchors;
-  const resources = ([m.resources["*"]].flat() as string[]).map((r) => path.resolve(r));
-  t.deepEqual(resources.map((r) => path.basename(r) + ".der").sort(), [...anchors].sort());
-  for (const r of resources) {
-    const der = fs.readFileSync(r + ".der");
-    t.is(der[0], 0x30, `${r}.der is DER`);
-    t.true(der.length > 300 && der.length < 2000);
-  }
-});
-
-test("platforms: the three camera boards and lin, each matched before the esp32/* catch-all", (t) => {
+test("platforms: the four boards and lin, each matched before the esp32/* catch-all; tools/mc.ts builds exactly these", (t) => {
   const platforms = manifest().platforms;
   const keys = Object.keys(platforms);
   for (const p of PLATFORMS) t.truthy(platforms[p], p);
@@ -254,42 +267,241 @@ test("platforms: the three camera boards and lin, each matched before the esp32/
   for (const b of BOARDS) t.is(matchPlatform(platforms, b), platforms[b]);
   t.is(matchPlatform(platforms, "esp32/some_other_board"), platforms["esp32/*"]);
   t.is(matchPlatform(platforms, "mac"), platforms["..."]);
+  t.deepEqual(MC_BOARDS.map((b) => b.manifestKey).sort(), [...PLATFORMS].sort());
+  // The custom target: mcconfig -p esp32:<dir> names the platform esp32/<its build.SUBPLATFORM>.
+  const cam = MC_BOARDS.find((b) => b.name === "esp32cam")!;
+  const dir = path.resolve(ROOT, cam.platform.split(":")[1]);
+  const target = JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8"));
+  t.is(`esp32/${target.build.SUBPLATFORM}`, cam.manifestKey);
+  t.is(target.build.ESP32_SUBCLASS, undefined, "a classic ESP32");
+  const pins = ["xclk", "pclk", "href", "vsync", "scl", "sda", "d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "powerdown"];
+  for (const k of pins) t.true(Number.isInteger(target.defines.camera[k]), `camera.${k}`);
 });
 
 test("the merged config of each platform passes the device's settings parser", (t) => {
-  const lin = parseSettings(configFor(ROOT, "lin"));
+  const linConfig = configFor(ROOT, "lin");
+  const lin = parseSettings(linConfig);
   t.is(lin.board, "lin");
   t.is(lin.broker.host, "127.0.0.1");
   t.is(lin.broker.serverName, "localhost");
   t.true(lin.button.simulatedPressEveryMs! > 0);
   t.true(lin.keepAliveSeconds <= 1200);
+  t.deepEqual(lin.time, { source: "host" });
+  t.true(lin.trustProvisionedCa);
+  t.is(lin.provisioning.channel, "none", "no file until tools/mc.ts names one");
+  t.deepEqual(parseSettings({ ...linConfig, provisionFile: "/repo/.doorward/lin/bundle.json" }).provisioning, { channel: "file", path: "/repo/.doorward/lin/bundle.json" });
   for (const b of BOARDS) {
     const config = configFor(ROOT, b);
     t.is(config.tls.DHE_RSA, false);
     // The shipped endpoint is a placeholder: a board build without broker= must stop at boot, saying so.
     t.throws(() => parseSettings(config), { instanceOf: SettingsError, message: /broker/ }, b);
-    const s = parseSettings({ ...config, broker: "abc123-ats.iot.eu-west-1.amazonaws.com", thing: "door-7" });
+    const s = parseSettings({ ...config, broker: ENDPOINT });
     t.is(s.board, b.split("/")[1]);
     t.true(Number.isInteger(s.button.pin), `${b} has a button pin`);
-    t.is(s.broker.serverName, "abc123-ats.iot.eu-west-1.amazonaws.com", "SNI follows the endpoint");
-    t.is(s.thing, "door-7");
+    t.true(s.chime !== undefined && s.chime.pattern.length > 0, `${b} has a chime output`);
+    t.true(s.camera, `${b} has a camera`);
+    t.deepEqual(s.time, { source: "sntp" });
+    t.deepEqual(s.provisioning, { channel: "serial" });
+    t.false(s.trustProvisionedCa, `${b} trusts only its built-in roots`);
+    t.false(s.devVaultKey);
+    t.is(s.broker.serverName, ENDPOINT, "SNI follows the endpoint");
+    // A -d build (tools/mc.ts debug) turns the console channel off, saying why.
+    const debug = parseSettings({ ...config, broker: ENDPOINT, console: "xsbug" }).provisioning;
+    t.is(debug.channel, "none");
+    t.regex(debug.channel === "none" ? debug.reason : "", /xsbug/);
   }
 });
 
-test("FFI: each platform binds the RNG function its random module calls, and not the other platform's", (t) => {
-  const ffiOf = (p: string) => Object.assign({}, ...manifestsFor(ROOT, p).flatMap((m) => sectionsOf(m, p).map((s) => s.ffi?.functions ?? {})));
+test("egress: a board build's allowlist is production-only (the build's AWS endpoint and one NTP host); the simulator's is development", (t) => {
+  for (const b of BOARDS) {
+    const config = configFor(ROOT, b);
+    // Nothing lets the SDK's own setup reach the network: no Wi-Fi in the config, no SNTP host.
+    t.is(config.sntp, "", `${b}: setup/network must not run SNTP on its own`);
+    for (const k of ["ssid", "password", "devVaultKey", "provisionFile", "console"]) t.false(k in config, `${b}: ${k} must not be in the shipped config`);
+    t.throws(() => parseEgressConfig(config), { instanceOf: EgressConfigError, message: /placeholder/ }, `${b}: no build without broker=`);
+    const allow = parseEgressConfig({ ...config, broker: ENDPOINT });
+    t.is(allow.profile, "production", b);
+    t.deepEqual(
+      allow.entries.map((e) => [e.purpose, e.host, e.port, e.development]).sort(),
+      [["mqtt", ENDPOINT, 8883, false], ["ntp", "time.aws.com", 123, false]],
+      b,
+    );
+    t.is(config.doorward.egress.development, undefined, `${b}: no development entries`);
+    t.is(config.doorward.broker.host, config.doorward.egress.allow.find((e: Json) => e.purpose === "mqtt").host, "the broker and the allowlist name one endpoint");
+  }
+  const lin = parseEgressConfig(configFor(ROOT, "lin"));
+  t.is(lin.profile, "development");
+  t.true(lin.entries.filter((e) => e.purpose === "mqtt").every((e) => e.development && e.host === "127.0.0.1"));
+});
+
+test("trust store: a board carries Amazon Root CA 1 and 3 only, by name and by content", (t) => {
+  const m = manifest();
+  t.is(m.config.tls.DHE_RSA, false);
+  for (const b of BOARDS) {
+    const config = configFor(ROOT, b);
+    const anchors: string[] = config.doorward.trustAnchors;
+    t.is(trustAnchorNamesProblem("production", anchors), undefined, b);
+    t.deepEqual([...anchors].sort(), [...AMAZON_ROOT_RESOURCES].sort());
+    const resources = manifestsFor(ROOT, b).flatMap((x) => sectionsOf(x, b).flatMap((s) => [s.resources?.["*"] ?? []].flat() as string[]).map((r) => path.resolve(path.dirname(x.file), r)));
+    t.deepEqual(resources.map((r) => path.basename(r) + ".der").sort(), [...anchors].sort(), `${b}: the firmware holds exactly these CA files`);
+    for (const r of resources) {
+      const der = new Uint8Array(fs.readFileSync(r + ".der"));
+      t.is(der[0], 0x30, `${r}.der is DER`);
+      t.true(AMAZON_ROOTS.some((a) => a.sha512 === toHex(nacl.hash(der))), `${r}.der is an Amazon root`);
+    }
+  }
+});
+
+test("key hardware: S3 boards use the eFuse HMAC, the ESP32-CAM the flash-encryption-gated key, only the simulator a development key", (t) => {
+  const key = (p: string) => path.basename(moduleMap(ROOT, p).files.get("device/vault-key")!);
+  for (const b of S3_BOARDS) {
+    t.is(key(b), "vault-key.ts", b);
+    t.deepEqual(ffiOf(b).esp_hmac_calculate, { arguments: ["uint32_t", "void*", "uint32_t", "uint8_t[32]"], returns: "int32_t" });
+    t.false("esp_flash_encryption_enabled" in ffiOf(b));
+  }
+  t.is(key("esp32/esp32cam"), "vault-key-fe.ts");
+  t.false("esp_hmac_calculate" in ffiOf("esp32/esp32cam"), "the classic ESP32 has no HMAC peripheral");
+  t.deepEqual(ffiOf("esp32/esp32cam").esp_flash_encryption_enabled, { arguments: [], returns: "uint8_t" });
+  t.is(key("lin"), "vault-key-sim.ts");
+  for (const b of BOARDS) {
+    const mapped = [...moduleMap(ROOT, b).files.values()].map((f) => path.basename(f));
+    t.deepEqual(mapped.filter((f) => /-sim\.ts$/.test(f)), [], `${b} maps no simulator module`);
+  }
+  t.regex(fs.readFileSync("modules/device/vault-key-sim.ts", "utf8"), /DEVELOPMENT ONLY/);
+});
+
+test("FFI: each platform binds what its modules call, and nothing of the other platform's", (t) => {
   for (const b of BOARDS) {
     const bound = ffiOf(b);
     t.deepEqual(bound.esp_fill_random, { arguments: ["void*", "uint32_t"], returns: "void" });
-    t.false("getrandom" in bound, `${b} must not bind glibc's getrandom`);
+    t.deepEqual(bound.ESP_getc, { arguments: [], returns: "int32_t" });
+    for (const f of ["getrandom", "open", "read", "unlink"]) t.false(f in bound, `${b} must not bind glibc's ${f}`);
   }
-  t.deepEqual(ffiOf("lin"), { getrandom: { arguments: ["void*", "uint64_t", "uint32_t"], returns: "int64_t" } });
+  const lin = ffiOf("lin");
+  t.deepEqual(Object.keys(lin).sort(), ["close", "getrandom", "open", "read", "unlink"]);
+  t.deepEqual(lin.getrandom, { arguments: ["void*", "uint64_t", "uint32_t"], returns: "int64_t" });
+  t.deepEqual(lin.read, { arguments: ["int32_t", "void*", "uint64_t"], returns: "int64_t" });
   t.regex(fs.readFileSync(moduleMap(ROOT, BOARDS[0]).files.get("device/random")!, "utf8"), /\.esp_fill_random\(/);
   t.regex(fs.readFileSync(moduleMap(ROOT, "lin").files.get("device/random")!, "utf8"), /\.getrandom\(/);
+  t.regex(fs.readFileSync(moduleMap(ROOT, BOARDS[0]).files.get("device/board")!, "utf8"), /\.ESP_getc\(/);
   for (const f of fs.readdirSync("modules/device")) t.notRegex(fs.readFileSync(path.join("modules/device", f), "utf8"), /Math\.random/, f);
 });
 
+// ------------------------------------------------------------------ pins
+
+/** Pins each board's SDK target (or our esp32cam target) gives the camera, PSRAM, display, audio, I²C and UART. */
+const TAKEN: Record<string, number[]> = {
+  "esp32/xiao_esp32s3_sense": [10, 13, 47, 38, 39, 40, 15, 17, 18, 16, 14, 12, 11, 48, /* I2S */ 2, 3, 4, 41, 42, /* I2C */ 5, 6, /* SPI */ 7, 8, 9, /* USB */ 19, 20],
+  "esp32/m5atom_s3r_m12": [21, 40, 14, 10, 9, 12, 3, 42, 46, 48, 4, 17, 11, 13, /* camera power */ 18, /* I2C */ 45, 0, /* IR */ 47, /* USB */ 19, 20],
+  "esp32/lilygo_t_camera_plus_s3": [3, 7, 10, 5, 4, 2, 1, 12, 14, 15, 13, 11, 9, 8, 6, /* display */ 21, 45, 33, 35, 36, 37, 46, 48, /* audio */ 41, 38, 42, 18, 39, 40, /* USB */ 19, 20],
+  "esp32/esp32cam": [/* camera: read from the target below */ /* PSRAM */ 16, 17, /* UART0 */ 1, 3, /* flash LED */ 4],
+};
+const STRAPPING: Record<string, number[]> = { s3: [0, 3, 45, 46], classic: [0, 2, 5, 12, 15] };
+const INPUT_ONLY_CLASSIC = [34, 35, 36, 37, 38, 39];
+
+function pinProblems(board: string, s: ReturnType<typeof parseSettings>, taken: number[]): string[] {
+  const problems: string[] = [];
+  const classic = board === "esp32/esp32cam";
+  const outputs = [["led", s.led?.pin], ["chime", s.chime?.pin]] as const;
+  const all = [["button", s.button.pin], ...outputs] as const;
+  for (const [name, pin] of all) {
+    if (pin === undefined) continue;
+    if (taken.includes(pin)) problems.push(`${board}: ${name} on GPIO ${pin}, which the board uses already`);
+    if (classic && pin > 39) problems.push(`${board}: ${name} on GPIO ${pin}, which a classic ESP32 lacks`);
+  }
+  for (const [name, pin] of outputs) {
+    if (pin === undefined) continue;
+    if (STRAPPING[classic ? "classic" : "s3"].includes(pin)) problems.push(`${board}: ${name} output on strapping pin ${pin}`);
+    if (classic && INPUT_ONLY_CLASSIC.includes(pin)) problems.push(`${board}: ${name} output on input-only GPIO ${pin}`);
+  }
+  return problems;
+}
+
+test("pins: defined, distinct, clear of the camera, PSRAM and buses, and no output on a strapping or input-only pin", (t) => {
+  const camTarget = JSON.parse(fs.readFileSync("hardware/targets/esp32cam/manifest.json", "utf8"));
+  const taken: Record<string, number[]> = { ...TAKEN, "esp32/esp32cam": [...TAKEN["esp32/esp32cam"], ...Object.values(camTarget.defines.camera as Record<string, number>).filter((p) => p >= 0)] };
+  for (const b of BOARDS) {
+    const s = parseSettings({ ...configFor(ROOT, b), broker: ENDPOINT });
+    t.deepEqual(pinProblems(b, s, taken[b]), [], b);
+  }
+  // The checker finds each kind of mistake.
+  const xiao = parseSettings({ ...configFor(ROOT, "esp32/xiao_esp32s3_sense"), broker: ENDPOINT });
+  t.true(pinProblems("esp32/xiao_esp32s3_sense", { ...xiao, chime: { ...xiao.chime!, pin: 13 } }, taken["esp32/xiao_esp32s3_sense"]).some((p) => /uses already/.test(p)));
+  t.true(pinProblems("esp32/xiao_esp32s3_sense", { ...xiao, led: { pin: 46, activeLow: false } }, []).some((p) => /strapping/.test(p)));
+  const cam = parseSettings({ ...configFor(ROOT, "esp32/esp32cam"), broker: ENDPOINT });
+  t.true(pinProblems("esp32/esp32cam", { ...cam, chime: { ...cam.chime!, pin: 34 } }, []).some((p) => /input-only/.test(p)));
+  t.throws(() => parseSettings({ ...configFor(ROOT, "esp32/esp32cam"), broker: ENDPOINT, doorward: { ...configFor(ROOT, "esp32/esp32cam").doorward, led: { pin: 13 } } }), { message: /different pins/ });
+});
+
+// ------------------------------------------------------------------ flash layout
+
+interface Partition { name: string; type: string; subtype: string; offset: number; size: number; flags: string }
+
+function parsePartitions(text: string): Partition[] {
+  const num = (v: string) => (v.startsWith("0x") ? parseInt(v, 16) : v.endsWith("K") ? parseInt(v) * 1024 : v.endsWith("M") ? parseInt(v) * 1048576 : parseInt(v));
+  return text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#")).map((l) => {
+    const [name, type, subtype, offset, size, flags = ""] = l.split(",").map((x) => x.trim());
+    return { name, type, subtype, offset: num(offset), size: num(size), flags };
+  });
+}
+
+function layoutProblems(parts: Partition[], flashBytes: number): string[] {
+  const problems: string[] = [];
+  const by = (name: string) => parts.find((p) => p.name === name);
+  for (const p of parts) {
+    if (!Number.isInteger(p.offset) || !Number.isInteger(p.size)) problems.push(`${p.name}: offset and size must be explicit`);
+    if (p.type === "app" && p.offset % 0x10000) problems.push(`${p.name}: an app partition must be 64 KB aligned`);
+    if (p.offset % 0x1000 || p.size % 0x1000) problems.push(`${p.name}: not 4 KB aligned`);
+    if (p.offset < 0x9000) problems.push(`${p.name}: overlaps the bootloader or the partition table`);
+    if (p.offset + p.size > flashBytes) problems.push(`${p.name}: ends past the ${flashBytes >> 20} MB flash`);
+  }
+  const sorted = [...parts].sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < sorted.length; i++) if (sorted[i].offset < sorted[i - 1].offset + sorted[i - 1].size) problems.push(`${sorted[i].name} overlaps ${sorted[i - 1].name}`);
+  const a = by("ota_0"), b = by("ota_1");
+  if (!a || !b || a.subtype !== "ota_0" || b.subtype !== "ota_1") problems.push("two OTA slots (ota_0, ota_1) are needed");
+  else if (a.size !== b.size) problems.push("the OTA slots must be the same size");
+  if (parts.some((p) => p.subtype === "factory")) problems.push("a factory app would make mcconfig re-split the table");
+  if (by("otadata")?.subtype !== "ota" || by("otadata")?.size !== 0x2000) problems.push("otadata (8 KB) is needed");
+  if (by("nvs")?.subtype !== "nvs" || by("nvs")!.size < 0xC000) problems.push("nvs of at least 48 KB is needed (vault and store, two slots each)");
+  const keys = by("nvs_keys");
+  if (keys?.subtype !== "nvs_keys" || keys.size !== 0x1000 || !keys.flags.includes("encrypted")) problems.push("nvs_keys (4 KB, encrypted) is needed");
+  return problems;
+}
+
+function flashBytesOf(sdkconfig: string): number {
+  const m = /^CONFIG_ESPTOOLPY_FLASHSIZE_([0-9]+)MB=y$/m.exec(sdkconfig);
+  return m ? Number(m[1]) * 1048576 : 0;
+}
+
+test("flash layout: each board's partition table has two equal OTA slots, otadata, nvs and nvs_keys, inside its flash", (t) => {
+  for (const b of BOARDS) {
+    const build = buildFor(ROOT, b);
+    t.truthy(build.PARTITIONS_FILE, `${b}: build.PARTITIONS_FILE`);
+    t.truthy(build.SDKCONFIGPATH, `${b}: build.SDKCONFIGPATH`);
+    const sdkconfig = fs.readFileSync(path.join(build.SDKCONFIGPATH, "sdkconfig.defaults"), "utf8");
+    const flash = flashBytesOf(sdkconfig);
+    t.true(flash >= 4 * 1048576, `${b}: the sdkconfig states the flash size`);
+    t.deepEqual(layoutProblems(parsePartitions(fs.readFileSync(build.PARTITIONS_FILE, "utf8")), flash), [], b);
+    t.regex(sdkconfig, /^CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE=y$/m, `${b}: rollback on`);
+    t.regex(sdkconfig, /^CONFIG_SPIRAM=y$/m, `${b}: PSRAM on (the camera's frame buffers live there)`);
+    t.regex(sdkconfig, /^CONFIG_PARTITION_TABLE_CUSTOM=y$/m);
+    t.notRegex(sdkconfig, /^CONFIG_SECURE_FLASH_ENC_ENABLED=y$/m, `${b}: nothing that burns eFuses is on by default`);
+  }
+  // The classic ESP32's production fragment turns on flash and NVS encryption together.
+  const fe = fs.readFileSync("hardware/sdkconfig/esp32cam/flash-encryption.defaults", "utf8");
+  for (const line of ["CONFIG_SECURE_FLASH_ENC_ENABLED=y", "CONFIG_NVS_ENCRYPTION=y", "CONFIG_NVS_SEC_KEY_PROTECT_USING_FLASH_ENC=y"]) t.true(fe.split("\n").includes(line), line);
+  // The checker finds broken tables.
+  const good = parsePartitions(fs.readFileSync("hardware/partitions/xiao_esp32s3_sense.csv", "utf8"));
+  const broken = (edit: (p: Partition[]) => Partition[]) => layoutProblems(edit(good.map((p) => ({ ...p }))), 8 * 1048576);
+  t.true(broken((p) => p.map((x) => (x.name === "ota_1" ? { ...x, offset: x.offset - 0x10000 } : x))).some((m) => /overlaps/.test(m)));
+  t.true(broken((p) => p.map((x) => (x.name === "ota_1" ? { ...x, size: x.size + 0x100000 } : x))).some((m) => /same size|past/.test(m)));
+  t.true(broken((p) => p.filter((x) => x.name !== "nvs_keys")).some((m) => /nvs_keys/.test(m)));
+  t.true(broken((p) => p.map((x) => (x.name === "ota_0" ? { ...x, offset: x.offset + 0x1000 } : x))).some((m) => /64 KB/.test(m)));
+  t.deepEqual(layoutProblems(good, 4 * 1048576).length > 0, true, "an 8 MB table does not fit 4 MB");
+});
+
 test("the checkers find problems in a broken tree (so these tests can fail)", (t) => {
+
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dw-manifest-"));
   const write = (f: string, s: string) => { fs.mkdirSync(path.dirname(path.join(dir, f)), { recursive: true }); fs.writeFileSync(path.join(dir, f), s); };
   write("manifest.json", JSON.stringify({

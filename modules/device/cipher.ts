@@ -14,10 +14,20 @@
  * and XS's ArrayBuffer.prototype.concat on the nonce), so those small values
  * are copied into exact-size buffers; the plaintext, which may be a view into
  * the camera's PSRAM frame, is passed as is (Mode.encrypt accepts views).
+ *
+ * `crypt` is imported as a namespace and BlockCipher taken from it with a
+ * cast: the SDK's own typings, which mcconfig compiles against, declare only
+ * Digest in "crypt", so a named import of BlockCipher fails there even though
+ * the module exports it (modules/crypt/digest/crypt.js). The cast's target
+ * type is whatever GCM's constructor takes, which is types/moddable/gcm.d.ts
+ * here and unchecked under mcconfig (no typings for "gcm").
  */
 import GCM from "gcm";
-import { BlockCipher, Digest } from "crypt";
+import * as crypt from "crypt";
 import type { Aead, DigestStream, Sha256Factory } from "../core/ports";
+
+type BlockCipherConstructor = new (cipher: "AES", key: ArrayBuffer) => ConstructorParameters<typeof GCM>[0];
+const BlockCipher = (crypt as unknown as { BlockCipher: BlockCipherConstructor }).BlockCipher;
 
 function exactBuffer(bytes: Uint8Array): ArrayBuffer {
   return bytes.slice().buffer as ArrayBuffer;
@@ -44,7 +54,7 @@ export function createAesGcm(): Aead {
 }
 
 export const createSha256: Sha256Factory = (): DigestStream => {
-  const digest = new Digest("SHA256");
+  const digest = new crypt.Digest("SHA256");
   return {
     update(data) {
       digest.write(wholeBuffer(data));

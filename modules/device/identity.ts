@@ -1,65 +1,40 @@
 /*
- * The device identity: who this doorbell is and the secrets that prove it.
+ * The TLS credentials the MQTT transport (./mqtt) connects with, taken from the
+ * provisioned identity.
  *
- * Read from the preference store (NVS), domain "dw.id", where provisioning
- * writes them once: the thing name, the AWS IoT client certificate (DER), its
- * RSA private key (PKCS#8 DER: the SDK's TLS client can only sign with RSA) and
- * the 32-byte Ed25519 seed that signs events. An optional "ca" (DER) replaces
- * the built-in trust anchors, for a development broker with its own CA.
- *
- * Nothing is hard-coded and nothing here is logged. NVS is not encrypted by
- * default, so for now these sit in flash in the clear: an encrypted vault
- * replaces this module in a later issue, behind the same function.
+ * There is no plaintext identity any more: the thing name, client certificate,
+ * RSA key and CA arrive in a provisioning bundle and live only in the vault
+ * (core/provisioning); bootFirmware reads them and hands them here. This module
+ * only reshapes them (ArrayBuffers, as the SDK's `secure` option bag wants)
+ * and decides which CA to trust:
+ *  - a board trusts only the roots built into its firmware (config
+ *    doorward.trustAnchors, Amazon Root CA 1 and 3): the bundle's CA is not
+ *    passed on (and a production build has already refused a bundle whose CA
+ *    is not one of those roots: core/firmware, core/egress);
+ *  - the simulator (doorward.trustProvisionedCa) trusts the bundle's CA, the
+ *    local stand-in's development CA.
+ * The Ed25519 seed never comes here: it stays with the signer.
  */
-import Preference from "preference";
+import type { DeviceIdentity as ProvisionedIdentity } from "../core/provisioning";
+import type { DeviceSettings } from "./settings";
 
-export const IDENTITY_DOMAIN = "dw.id";
-
+/** What ./mqtt needs to authenticate and to authenticate the broker. */
 export interface DeviceIdentity {
-  /** Thing name, if provisioning stored one; otherwise the config's is used. */
-  thing?: string;
+  thing: string;
   /** Client certificate, DER. */
   certificate: ArrayBuffer;
   /** Client private key, PKCS#8 DER (RSA). */
   privateKey: ArrayBuffer;
-  /** Ed25519 signing seed, 32 bytes. */
-  signingSeed: Uint8Array;
-  /** Trust anchor override, DER. */
+  /** Trust anchor replacing the firmware's built-in roots (simulator only), DER. */
   ca?: ArrayBuffer;
 }
 
-export class IdentityError extends Error {}
-
-function der(name: string, required: true): ArrayBuffer;
-function der(name: string, required: false): ArrayBuffer | undefined;
-function der(name: string, required: boolean): ArrayBuffer | undefined {
-  const value = Preference.get(IDENTITY_DOMAIN, name);
-  if (value === undefined) {
-    if (required) throw new IdentityError(`identity: ${IDENTITY_DOMAIN}/${name} is not provisioned`);
-    return undefined;
-  }
-  // Every DER structure we store is a SEQUENCE.
-  if (!(value instanceof ArrayBuffer) || value.byteLength < 2 || new Uint8Array(value)[0] !== 0x30) {
-    throw new IdentityError(`identity: ${IDENTITY_DOMAIN}/${name} is not DER`);
-  }
-  return value;
+function buffer(bytes: Uint8Array): ArrayBuffer {
+  return bytes.slice().buffer as ArrayBuffer;
 }
 
-/** Throws IdentityError naming the first missing or malformed item (never its value). */
-export function loadIdentity(): DeviceIdentity {
-  const thing = Preference.get(IDENTITY_DOMAIN, "thing");
-  if (thing !== undefined && typeof thing !== "string") throw new IdentityError(`identity: ${IDENTITY_DOMAIN}/thing is not a string`);
-  const certificate = der("cert", true);
-  const privateKey = der("key", true);
-  const seed = Preference.get(IDENTITY_DOMAIN, "seed");
-  if (seed === undefined) throw new IdentityError(`identity: ${IDENTITY_DOMAIN}/seed is not provisioned`);
-  if (!(seed instanceof ArrayBuffer) || seed.byteLength !== 32) throw new IdentityError(`identity: ${IDENTITY_DOMAIN}/seed must be 32 bytes`);
-  const ca = der("ca", false);
-  return {
-    ...(thing === undefined ? {} : { thing }),
-    certificate,
-    privateKey,
-    signingSeed: new Uint8Array(seed),
-    ...(ca === undefined ? {} : { ca }),
-  };
+export function tlsIdentity(id: ProvisionedIdentity, settings: DeviceSettings): DeviceIdentity {
+  const out: DeviceIdentity = { thing: id.thing, certificate: buffer(id.tls.clientCertificates[0]), privateKey: buffer(id.tls.clientKey) };
+  if (settings.trustProvisionedCa) out.ca = buffer(id.tls.certificate);
+  return out;
 }

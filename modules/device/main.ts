@@ -1,31 +1,75 @@
 /*
  * The Moddable entry module ("device/main", named by the manifest's
- * creation.main): wires the device adapters into the core's Doorbell.
+ * creation.main): the device's adapters handed to the one firmware assembly,
+ * core/firmware's bootFirmware (the simulator on a laptop uses the same one).
  *
- * The runtime calls the default export once its setup modules are done: on
- * ESP32, setup/network has joined Wi-Fi and, when the clock was unset, fetched
- * the time over SNTP. Everything device-specific is chosen by the manifest:
- * on the simulator "device/button" and "device/random" are the -sim modules.
- * A device that is not provisioned, or whose config is wrong, logs why and
- * stays offline rather than run half-configured.
+ * Order at power-up:
+ *  1. settings from mc/config (the allowlist, trust anchors, the board's
+ *     wiring); a bad config lights the error pattern and stops here;
+ *  2. the board ("device/board": ./board on ESP32, ./board-sim on lin): vault
+ *     key, LED, chime, camera, OTA slots, provisioning channel;
+ *  3. bootFirmware: the vault over its own NVS namespaces, provisioning,
+ *     access control, the doorbell, snapshots and updates;
+ *  4. unprovisioned or damaged: the provisioning pattern, and the local
+ *     channel listens for a bundle (./provision-serial, ./provision-file);
+ *     once one is stored, back to 3;
+ *  5. provisioned: Wi-Fi with the vault's credentials, then time from the
+ *     allowlisted NTP host, then the broker (./bringup holds the MQTT connect
+ *     until both are there). The button works from the start: a press before
+ *     then chimes and queues a ring stamped `time: null`.
+ *
+ * Nothing configures the network before this runs: the manifest sets no
+ * `ssid` (the SDK's setup/network then does nothing) and `sntp` is empty.
+ * Every destination (the broker, the NTP host, their DNS look-ups) goes
+ * through ./egress, which checks the build's allowlist first.
  */
 import config from "mc/config";
-import { Doorbell } from "../core/doorbell";
+import Time from "time";
+import { bootFirmware, type RunningFirmware, type WaitingFirmware } from "../core/firmware";
+import type { DeviceIdentity } from "../core/provisioning";
+import type { Log } from "../core/ports";
+import type { Board } from "./board-api";
+import { openBoard } from "./board";
+import { BringUp } from "./bringup";
 import { createButton } from "./button";
+import { Chime } from "./chime";
 import { DeviceClock } from "./clock";
-import { IdentityError, loadIdentity, type DeviceIdentity } from "./identity";
+import { tlsIdentity } from "./identity";
+import { StatusLed } from "./led";
+import { deviceEgress, type DeviceEgress } from "./egress";
 import { createLog } from "./log";
 import { createMqttTransport } from "./mqtt";
+import { FileProvisioner } from "./provision-file";
+import { ConsoleProvisioner } from "./provision-serial";
 import { createRandom } from "./random";
-import { parseSettings, SettingsError, type DeviceSettings } from "./settings";
+import { endpointAllowed, parseSettings, SettingsError, type DeviceSettings } from "./settings";
 import { createSha512 } from "./sha512";
+import { TimeSync } from "./sntp";
 import { openStore } from "./store";
+import { openVaultStore } from "./vault-store";
 
-/** Held for the life of the program so nothing the doorbell owns (the button's pin, its timers) is collected. */
-let running: Doorbell | undefined;
+interface Device {
+  settings: DeviceSettings;
+  egress: DeviceEgress;
+  clock: DeviceClock;
+  log: Log;
+  board: Board;
+  led: StatusLed;
+  chime: Chime | undefined;
+  random: ReturnType<typeof createRandom>;
+  sha512: ReturnType<typeof createSha512>;
+}
+
+/** Held for the life of the program, so nothing the firmware owns (pins, timers, sockets) is collected. */
+let device: Device | undefined;
+let running: RunningFirmware | undefined;
+let bringUp: BringUp | undefined;
+let listener: { stop(): void } | undefined;
+
+const reason = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 export default function main(): void {
-  if (running) return;
+  if (device) return;
   let settings: DeviceSettings;
   try {
     settings = parseSettings(config);
@@ -36,38 +80,142 @@ export default function main(): void {
   }
   const clock = new DeviceClock({ timeFloorMs: settings.timeFloorMs });
   const log = createLog({ level: settings.logLevel, now: () => clock.monotonic() });
-
-  let identity: DeviceIdentity;
+  const schedule = (callback: () => void, delayMs: number) => clock.schedule(callback, delayMs);
+  const random = createRandom();
+  let egress: DeviceEgress;
   try {
-    identity = loadIdentity();
+    // The allowlist is checked before anything else exists: a production build with a development entry stops here.
+    egress = deviceEgress({ log });
   } catch (e) {
-    if (!(e instanceof IdentityError)) throw e;
-    log("error", "not provisioned: staying offline", { reason: e.message });
+    log("error", "egress allowlist refused: staying offline", { reason: reason(e) });
     return;
   }
-  const thing = identity.thing ?? settings.thing;
-  if (identity.thing !== undefined && identity.thing !== settings.thing) log("info", "thing name from the identity store", { thing });
-  if (clock.wallTime() === undefined) log("warn", "no trusted time yet: TLS cannot start until the clock is set", { floor: settings.timeFloorMs });
-
-  let doorbell: Doorbell;
+  let board: Board;
   try {
-    doorbell = new Doorbell({
-      thing,
-      signingSeed: identity.signingSeed,
+    board = openBoard({ settings, log, random, schedule });
+  } catch (e) {
+    // A pin the board lacks, a missing FFI binding: say so and stay up rather than boot-loop.
+    log("error", "board did not start: staying offline", { reason: reason(e) });
+    return;
+  }
+  const led = new StatusLed({
+    write: board.led ?? (() => {}),
+    schedule,
+    onStatus: (status) => log(board.led ? "debug" : "info", "status", { status }),
+  });
+  const chime = board.chime ? new Chime({ write: board.chime, pattern: settings.chime?.pattern ?? [200], schedule }) : undefined;
+  device = { settings, egress, clock, log, board, led, chime, random, sha512: createSha512() };
+  led.set("connecting");
+  log("info", "doorward device", { board: settings.board, broker: settings.broker.host, vaultKey: board.keyKind });
+  boot(device);
+}
+
+function boot(d: Device): void {
+  const { settings, clock, log, board, led } = d;
+  let firmware: RunningFirmware | WaitingFirmware;
+  try {
+    firmware = bootFirmware({
       clock,
-      random: createRandom(),
+      random: d.random,
+      vaultStore: openVaultStore(),
       store: openStore(),
-      transport: createMqttTransport({ thing, settings, identity, clock, log }),
-      button: createButton(settings.button),
+      keys: board.keys,
       log,
-      sha512: createSha512(),
+      sha512: d.sha512,
+      egress: d.egress.guard,
+      transport: (identity) => transportFor(d, identity),
+      button: createButton(settings.button),
+      camera: board.camera,
+      cipher: board.cipher,
+      sha256: board.sha256,
+      update:
+        settings.update && board.update
+          ? {
+              board: settings.update.board,
+              runningVersion: settings.update.version,
+              releaseKeys: { serial: settings.update.keySerial, keys: settings.update.releaseKeys },
+              sink: board.update.sink,
+              boot: board.update.boot,
+              maxImageBytes: board.update.capacity,
+            }
+          : undefined,
+      onPress: () => led.flash("ring"),
+      // The LED confirms delivery: the ring's promise settles on the broker's PUBACK.
+      onRing: (ring) => void ring.acked.then(() => led.flash("ring-sent"), () => {}),
+      onChime: () => void d.chime?.ring(),
     });
   } catch (e) {
-    // A missing resource, a corrupt store, a pin the board lacks: say so and stay up rather than boot-loop.
-    log("error", "cannot start", { reason: e instanceof Error ? e.message : String(e) });
+    bringUp?.stop();
+    bringUp = undefined;
+    log("error", "cannot start", { reason: reason(e) });
+    led.set("error");
     return;
   }
-  log("info", "doorward device", { board: settings.board, thing, broker: settings.broker.host, port: settings.broker.port });
-  running = doorbell;
-  doorbell.start();
+  if (firmware.state !== "running") {
+    waitForBundle(d, firmware);
+    return;
+  }
+  running = firmware;
+  const doorbell = firmware.doorbell;
+  if (!settings.update) log("info", "updates disabled: this build names no release keys (config.update)");
+  bringUp?.attachLink(doorbell.link);
+  bringUp?.start();
+}
+
+/** Called by bootFirmware with the provisioned identity: the gated transport to the one allowed broker. */
+function transportFor(d: Device, identity: DeviceIdentity) {
+  const { settings, clock, log, board, led } = d;
+  if (!endpointAllowed(identity.endpoint, settings.broker)) {
+    throw new Error(`the provisioned endpoint is not the broker this firmware may reach (${settings.broker.host}:${settings.broker.port}); provision a bundle for it, or build for that endpoint`);
+  }
+  let gate: BringUp | undefined;
+  let time: TimeSync | undefined;
+  if (settings.time.source === "sntp") {
+    const ntp = d.egress.guard.allowlist.entries.find((e) => e.purpose === "ntp");
+    if (!ntp) throw new Error("the egress allowlist names no NTP host, and TLS needs the time (config.doorward.egress)");
+    time = new TimeSync({
+      host: ntp.host,
+      // Both the look-up and the query go through the egress chokepoint, to the allowlisted host only.
+      resolve: (host, done) => d.egress.resolve(host, "device/sntp", (address) => done(address)),
+      sntp: d.egress.sntpClass("device/sntp"),
+      setTime: (seconds) => Time.set(seconds),
+      now: () => Date.now(),
+      schedule: (callback, delayMs) => clock.schedule(callback, delayMs),
+      floorMs: settings.timeFloorMs,
+      log,
+      onSynced: () => gate?.timeChanged(),
+    });
+  }
+  gate = new BringUp({ network: board.network(identity.wifi), time, log, onStatus: (status) => led.set(status) });
+  bringUp = gate;
+  return gate.gate(createMqttTransport({ thing: identity.thing, settings, identity: tlsIdentity(identity, settings), clock, log, egress: d.egress }));
+}
+
+function waitForBundle(d: Device, waiting: WaitingFirmware): void {
+  const { settings, clock, log, board, led } = d;
+  const vaultProblem = waiting.vault.status().problem;
+  // Without a vault key no bundle can be stored: that needs the installer, not a bundle.
+  led.set(vaultProblem?.reason === "no-key" ? "error" : "provisioning");
+  const schedule = (callback: () => void, delayMs: number) => clock.schedule(callback, delayMs);
+  const onProvisioned = (result: { thing: string }) => {
+    listener = undefined;
+    log("info", "provisioned: starting", { thing: result.thing });
+    led.set("connecting");
+    clock.schedule(() => boot(d), 0);
+  };
+  const channel = settings.provisioning;
+  if (channel.channel === "serial" && board.console) {
+    const p = new ConsoleProvisioner({
+      port: board.console, provisioning: waiting.provisioning, sha512: d.sha512, schedule, now: () => clock.monotonic(), log, onProvisioned,
+    });
+    listener = p;
+    p.start();
+    log("info", "provisioning: send a bundle on the serial console (npm run provision -- --port <tty> --bundle <file>)");
+  } else if (channel.channel === "file" && board.files) {
+    const p = new FileProvisioner({ files: board.files, path: channel.path, provisioning: waiting.provisioning, schedule, log, onProvisioned });
+    listener = p;
+    p.start();
+  } else {
+    log("warn", "provisioning: no local channel in this build", { reason: channel.channel === "none" ? channel.reason : "the board has no such channel" });
+  }
 }

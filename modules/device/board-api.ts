@@ -1,0 +1,49 @@
+/*
+ * What a board gives the firmware: the contract of "device/board".
+ *
+ * main.ts is the same program on every platform; what differs is chosen by the
+ * manifest, which maps "device/board" to ./board on ESP32 targets (GPIO, Wi-Fi,
+ * camera, OTA slots, eFuse or flash-encrypted vault key, the serial console)
+ * and to ./board-sim on the Linux simulator (the host's network and clock, a
+ * file as the provisioning channel, the LED and chime as log lines, a
+ * development vault key). Both export openBoard() returning this shape; the
+ * manifest test checks their exports match.
+ */
+import type { Aead, BootControl, Camera, Log, Random, Sha256Factory, UpdateSink } from "../core/ports";
+import type { KeyProvider } from "../core/vault";
+import type { BundleFiles } from "./provision-file";
+import type { ConsolePort } from "./provision-serial";
+import type { DeviceSettings } from "./settings";
+import type { NetworkLink } from "./wifi";
+
+export interface BoardUpdate {
+  sink: UpdateSink;
+  boot: BootControl;
+  /** Bytes the inactive OTA slot holds. */
+  capacity: number;
+}
+
+export interface Board {
+  /** The vault's key, and a few words on where it comes from (for the boot log). */
+  keys: KeyProvider;
+  keyKind: string;
+  /** The network, joined with the provisioned Wi-Fi credentials (the simulator ignores them). */
+  network(credentials: { ssid: string; password: string }): NetworkLink;
+  /** Local provisioning channels this platform has. */
+  console?: ConsolePort;
+  files?: BundleFiles;
+  /** Outputs, when the board has them wired (true = lit / sounding). */
+  led?: (on: boolean) => void;
+  chime?: (on: boolean) => void;
+  camera?: Camera;
+  cipher?: Aead;
+  sha256?: Sha256Factory;
+  update?: BoardUpdate;
+}
+
+export interface OpenBoardOptions {
+  settings: DeviceSettings;
+  log: Log;
+  random: Random;
+  schedule: (callback: () => void, delayMs: number) => () => void;
+}

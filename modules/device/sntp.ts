@@ -1,0 +1,159 @@
+/*
+ * Wall time from the one allowlisted NTP host, before any TLS.
+ *
+ * TLS checks certificate validity against Date.now(), and an ESP32 starts at
+ * 1970 after power-up, so nothing may open a TLS session until this module has
+ * set the clock. What happens meanwhile (decided here, enforced by ./bringup):
+ * the MQTT link is not attempted; a press still chimes and still becomes a
+ * signed ring event, stamped `time: null` (the protocol's "no trusted time"),
+ * which waits in the outbox and is delivered once the clock is set and the
+ * link is up; the status LED shows "connecting". A clock already past the
+ * firmware's floor (a soft restart keeps the RTC) counts as set, and is
+ * refreshed in the background.
+ *
+ * The host name is resolved through the egress chokepoint (./egress
+ * resolve(), which looks up only allowlisted names), and the SNTP client is
+ * then given the address: on the device that client is ./egress sntpClass(),
+ * the SDK `sntp` class's shape over the ECMA-419 UDP socket, which sends only
+ * to an address resolved for the allowlisted NTP host and accepts only the
+ * reply to its own request. SNTP is unauthenticated: a time before the
+ * firmware's floor is refused, but someone on the path could still shift the
+ * clock forward. Its reach is limited: the trust anchors are pinned, and a
+ * wrong time can make TLS fail (the device stays offline and says so), not
+ * make a forged broker certificate pass.
+ *
+ * Platform-free: the SNTP class, the resolver and Time.set are passed in.
+ */
+import type { Log } from "../core/ports";
+
+/** The SDK `sntp` class's callback messages (./egress sntpClass() uses the same). */
+export const SNTP_TIME = 1;
+export const SNTP_RETRY = 2;
+export const SNTP_ERROR = -1;
+
+/** The SDK `sntp` class's shape: one query (five tries, five seconds apart), then SNTP_TIME with Unix seconds, or SNTP_ERROR. */
+export type SntpConstructor = new (options: { host: string }, callback: (message: number, value?: unknown) => void) => object;
+
+export interface TimeSyncOptions {
+  /** The NTP host of the egress allowlist. */
+  host: string;
+  /** DNS through the egress chokepoint; address undefined when the name does not resolve or may not be looked up. */
+  resolve: (host: string, done: (address: string | undefined) => void) => void;
+  sntp: SntpConstructor;
+  /** Set the system clock (Moddable Time.set: Unix seconds). */
+  setTime: (seconds: number) => void;
+  /** Date.now(). */
+  now: () => number;
+  schedule: (callback: () => void, delayMs: number) => () => void;
+  /** Times before this (ms since the epoch) are refused, and a clock below it is "not set". */
+  floorMs: number;
+  log: Log;
+  /** Called whenever the clock has been set from the network, or found already set at start. */
+  onSynced?: (epochMs: number) => void;
+  /** Retry after a failure: doubles from minRetryMs up to maxRetryMs. Defaults 15 s and 10 min. */
+  minRetryMs?: number;
+  maxRetryMs?: number;
+  /** Refresh interval once set. Default 6 h. */
+  resyncMs?: number;
+  /** Give up on one query (resolve + the SDK's retries) after this long. Default 40 s. */
+  queryTimeoutMs?: number;
+}
+
+export class TimeSync {
+  /** The clock holds a time from the network (or one kept across a soft restart). */
+  synced = false;
+  failures = 0;
+  #options: TimeSyncOptions;
+  #cancelTimer: (() => void) | undefined;
+  #query = 0;
+  #running = false;
+
+  constructor(options: TimeSyncOptions) {
+    if (!options.host) throw new RangeError("sntp: no NTP host");
+    this.#options = options;
+  }
+
+  get minRetryMs(): number {
+    return this.#options.minRetryMs ?? 15_000;
+  }
+
+  start(): void {
+    if (this.#running) return;
+    this.#running = true;
+    const now = this.#options.now();
+    if (now >= this.#options.floorMs) {
+      this.synced = true;
+      this.#options.log("info", "time: clock already set; refreshing it in the background");
+      this.#options.onSynced?.(now);
+    }
+    this.#ask();
+  }
+
+  stop(): void {
+    this.#running = false;
+    this.#query++;
+    this.#cancelTimer?.();
+    this.#cancelTimer = undefined;
+  }
+
+  #ask(): void {
+    if (!this.#running) return;
+    const { host, log } = this.#options;
+    const query = ++this.#query;
+    const current = () => this.#running && query === this.#query;
+    this.#later(() => {
+      if (current()) this.#failed("no answer in time");
+    }, this.#options.queryTimeoutMs ?? 40_000);
+    this.#options.resolve(host, (address) => {
+      if (!current()) return;
+      if (!address) {
+        this.#failed(`cannot resolve ${host}`);
+        return;
+      }
+      try {
+        new this.#options.sntp({ host: address }, (message, value) => {
+          if (!current()) return;
+          if (message === SNTP_TIME) this.#got(value);
+          else if (message === SNTP_ERROR) this.#failed(typeof value === "string" ? value : "no response");
+          else if (message === SNTP_RETRY) log("debug", "time: asking again", { host });
+        });
+      } catch (e) {
+        this.#failed(e instanceof Error ? e.message : String(e));
+      }
+    });
+  }
+
+  #got(value: unknown): void {
+    const seconds = typeof value === "number" && Number.isFinite(value) ? Math.floor(value) : NaN;
+    if (!(seconds * 1000 >= this.#options.floorMs)) {
+      // A time before this firmware was built is a wrong answer (or a forged one): never set it.
+      this.#failed("the server's time is before this firmware's floor");
+      return;
+    }
+    this.#query++;
+    this.#options.setTime(seconds);
+    const first = !this.synced;
+    this.synced = true;
+    this.failures = 0;
+    this.#options.log(first ? "info" : "debug", "time: set from NTP", { host: this.#options.host });
+    this.#options.onSynced?.(seconds * 1000);
+    this.#later(() => this.#ask(), this.#options.resyncMs ?? 6 * 3600_000);
+  }
+
+  #failed(reason: string): void {
+    this.#query++;
+    this.failures++;
+    const max = this.#options.maxRetryMs ?? 600_000;
+    const delay = Math.min(max, this.minRetryMs * 2 ** Math.min(this.failures - 1, 16));
+    this.#options.log(this.synced ? "debug" : "warn", "time: NTP failed", { reason, retryInMs: delay, synced: this.synced });
+    this.#later(() => this.#ask(), delay);
+  }
+
+  #later(callback: () => void, delayMs: number): void {
+    this.#cancelTimer?.();
+    this.#cancelTimer = this.#options.schedule(() => {
+      this.#cancelTimer = undefined;
+      callback();
+    }, delayMs);
+  }
+}
