@@ -12,13 +12,17 @@ import { Debouncer } from "./debounce";
 import { sealEvent, EVENT_VERSION, type DoorEvent, type EventType } from "./events";
 import type { Json } from "./canonical";
 import { Link } from "./link";
-import { Outbox } from "./outbox";
+import { Outbox, type OutboxKind, type OutboxOptions } from "./outbox";
 import { SequenceCounter } from "./sequence";
 import { Ed25519Signer } from "./signer";
 import { assertThingName, topicsFor } from "./topics";
 
 /** How long to wait before asking again when precomputation was deferred. */
 const PRECOMPUTE_RETRY_MS = 500;
+/** How long a drop report waits for a precomputed nonce before it is signed anyway. */
+const REPORT_RETRY_MS = 1000;
+/** At most one drop report per this interval: a flood of drops becomes one report with the totals. */
+const REPORT_MIN_INTERVAL_MS = 30_000;
 
 export interface DoorbellOptions {
   thing: string;
@@ -53,14 +57,18 @@ export interface DoorbellOptions {
   onOnline?: () => void;
   /** Inbound messages (commands, shadow deltas, jobs): routed by the features that own those topics. */
   onMessage?: (topic: string, payload: Uint8Array) => void;
+  /** Outbox limits (see ./outbox): durable entries and bytes, volatile entries, publishes in flight. */
+  outbox?: Pick<OutboxOptions, "capacity" | "maxDurableBytes" | "volatileCapacity" | "window">;
 }
 
 export interface SentEvent {
   seq: number;
   event: DoorEvent;
   payload: Uint8Array;
-  /** Resolves on the broker's PUBACK (possibly after reconnects). */
+  /** Resolves on the broker's PUBACK (possibly after reconnects). Never settles if the full outbox dropped it. */
   acked: Promise<void>;
+  /** In flash when emit() returned: it survives a power cut. */
+  stored: boolean;
 }
 export type RingRecord = SentEvent;
 
@@ -76,6 +84,8 @@ export class Doorbell {
   #debouncer: Debouncer;
   #cancelPrecompute: (() => void) | undefined;
   #started = false;
+  #reportPending: (() => void) | undefined;
+  #lastReportAt = -Infinity;
 
   constructor(options: DoorbellOptions) {
     this.#options = options;
@@ -89,7 +99,15 @@ export class Doorbell {
       sha512: options.sha512,
       poolSize: options.noncePoolSize,
     });
-    this.outbox = new Outbox({ transport: options.transport, log: options.log });
+    // Signed events are written to flash before they are sent (the same store as the sequence marks).
+    this.outbox = new Outbox({
+      ...options.outbox,
+      transport: options.transport,
+      log: options.log,
+      store: options.store,
+      onDrop: () => this.#scheduleDropReport(Math.max(0, this.#lastReportAt + REPORT_MIN_INTERVAL_MS - options.clock.monotonic())),
+      onStall: (reason) => this.link.drop(reason),
+    });
     this.link = new Link({
       transport: options.transport,
       clock: options.clock,
@@ -117,11 +135,14 @@ export class Doorbell {
     this.#options.button?.start((pressed) => this.#debouncer.edge(pressed));
     this.link.start();
     this.#schedulePrecompute(0);
+    if (this.outbox.needsReport()) this.#scheduleDropReport(0);
   }
 
   stop(): void {
     this.#started = false;
     this.#cancelPrecompute?.();
+    this.#reportPending?.();
+    this.#reportPending = undefined;
     this.#options.button?.stop();
     this.link.stop();
   }
@@ -145,6 +166,10 @@ export class Doorbell {
    * (rings, snapshot manifests, audit reports) leaves the device as an event.
    */
   emit(type: EventType, fields: Record<string, Json>): SentEvent {
+    return this.#emit(type, fields, type);
+  }
+
+  #emit(type: EventType, fields: Record<string, Json>, kind: OutboxKind, covers?: number): SentEvent {
     const event: DoorEvent = {
       ...fields,
       v: EVENT_VERSION,
@@ -158,9 +183,12 @@ export class Doorbell {
     const payload = sealEvent(event, this.signer);
     if (this.signer.stats.slow !== slowBefore) this.#options.log("warn", "nonce pool empty: event signed on the slow path", { seq: event.seq });
     if (type === "ring") this.rings++;
-    const acked = this.send(this.topics.events, payload, event.seq);
+    let resolveAcked!: () => void;
+    const acked = new Promise<void>((resolve) => (resolveAcked = resolve));
+    const stored = this.outbox.add({ topic: this.topics.events, payload, seq: event.seq, onAcked: resolveAcked, durable: true, kind, covers });
+    this.outbox.flush(this.link.online);
     this.#schedulePrecompute(this.#options.precomputeDelayMs ?? 250);
-    return { seq: event.seq, event, payload, acked };
+    return { seq: event.seq, event, payload, acked, stored };
   }
 
   /** Queue any payload for QoS 1 delivery through the outbox; resolves on PUBACK. */
@@ -177,12 +205,41 @@ export class Doorbell {
       thing: this.thing,
       boot: this.sequence.boot,
       link: this.link.state,
+      linkStatus: this.link.status(),
       rings: this.rings,
       outbox: this.outbox.depth,
+      outboxStored: this.outbox.durableDepth,
       outboxDropped: this.outbox.dropped,
       noncesReady: this.signer.ready,
       signatures: { ...this.signer.stats },
     };
+  }
+
+  /**
+   * Tell the cloud what the full outbox dropped: one signed audit event that
+   * supersedes any earlier unsent one, outside the outbox's capacity.
+   */
+  #scheduleDropReport(delayMs: number): void {
+    if (this.#reportPending) return;
+    this.#reportPending = this.#options.clock.schedule(() => {
+      this.#reportPending = undefined;
+      if (!this.#started || !this.outbox.needsReport()) return;
+      // Wait for a precomputed nonce rather than block seconds on the slow path (bounded: the pool refills while idle).
+      if (this.signer.ready === 0 && delayMs < 8 * REPORT_RETRY_MS) return this.#scheduleDropReport(delayMs + REPORT_RETRY_MS);
+      const l = this.outbox.ledger;
+      this.#lastReportAt = this.#options.clock.monotonic();
+      try {
+        this.#emit("audit", {
+          report: "outbox-overflow",
+          dropped: l.drops - l.acked,
+          total: l.drops,
+          rings: l.rings,
+          lost: l.recent.map(([seq, kind]) => [seq, kind]),
+        }, "report", l.drops);
+      } catch (e) {
+        this.#options.log("error", "drop report failed", { reason: String(e) });
+      }
+    }, delayMs);
   }
 
   /** Top the nonce pool up one nonce at a time, yielding to the event loop between nonces. */
