@@ -90,3 +90,22 @@ export function parseCanonical(bytes: Uint8Array, maxBytes: number): Json {
   if (serialize(value, 0) !== text) throw new TypeError("canonical: document is not in canonical form");
   return value;
 }
+
+/** True when brackets nest deeper than max, found by a byte scan, so a hostile document never reaches a recursive parser. */
+export function jsonNestsDeeper(bytes: Uint8Array, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  let escaped = false;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i];
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (b === 0x5c) escaped = true;
+      else if (b === 0x22) inString = false;
+    } else if (b === 0x22) inString = true;
+    else if (b === 0x5b || b === 0x7b) {
+      if (++depth > max) return true;
+    } else if (b === 0x5d || b === 0x7d) depth--;
+  }
+  return false;
+}

@@ -23,7 +23,7 @@
  */
 import nacl from "tweetnacl";
 import type { Clock, KeyValueStore, Log, Random, SecretStore, Sha512 } from "./ports";
-import { canonicalBytes, parseCanonical, type Json } from "./canonical";
+import { canonicalBytes, jsonNestsDeeper, parseCanonical, type Json } from "./canonical";
 import { fromBase64Url, toBase64Url, utf8Decode } from "./bytes";
 import { isThingName } from "./topics";
 import {
@@ -97,25 +97,6 @@ export interface CommandBody {
   exp: number;
   op: Op;
   [arg: string]: Json;
-}
-
-/** True when brackets nest deeper than max, found by a byte scan, so a hostile document never reaches a recursive parser. */
-export function jsonNestsDeeper(bytes: Uint8Array, max: number): boolean {
-  let depth = 0;
-  let inString = false;
-  let escaped = false;
-  for (let i = 0; i < bytes.length; i++) {
-    const b = bytes[i];
-    if (inString) {
-      if (escaped) escaped = false;
-      else if (b === 0x5c) escaped = true;
-      else if (b === 0x22) inString = false;
-    } else if (b === 0x22) inString = true;
-    else if (b === 0x5b || b === 0x7b) {
-      if (++depth > max) return true;
-    } else if (b === 0x5d || b === 0x7d) depth--;
-  }
-  return false;
 }
 
 function parseStrict(bytes: Uint8Array, maxDepth: number, what: string): Json {

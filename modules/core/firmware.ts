@@ -160,6 +160,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     onMessage: (topic, payload) => {
       if (topic === doorbell.topics.commands) onCommand(payload);
       else if (updates?.handles(topic)) updates.onMessage(topic, payload);
+      else log("debug", "message on a topic nothing handles", { topic, bytes: payload.length });
     },
   });
   if (ports.camera && ports.cipher && ports.sha256) {

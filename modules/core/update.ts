@@ -29,7 +29,7 @@
  */
 import type { DigestStream, Sha256Factory } from "./ports";
 import type { BootControl, Clock, KeyValueStore, Log, UpdateSink } from "./ports";
-import { canonicalBytes, type Json } from "./canonical";
+import { canonicalBytes, jsonNestsDeeper, type Json } from "./canonical";
 import { bytesEqual, fromHex, toHex, utf8Decode } from "./bytes";
 import {
   checkKeyUpdate,
@@ -247,9 +247,25 @@ export function fromBase64(text: string): Uint8Array {
 
 /** statusDetails values must be 1-1024 printable characters (AWS). */
 function detailText(text: string): string {
-  const clean = text.replace(/[\u0000-\u001f\u007f]/g, " ").slice(0, 256);
+  // A detail may quote a peer's string: controls and lone surrogates must not stop the report being encoded.
+  let clean = "";
+  for (let i = 0; i < text.length && clean.length < 256; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f) clean += " ";
+    else if (c >= 0xd800 && c <= 0xdbff) {
+      const d = text.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        clean += text[i] + text[i + 1];
+        i++;
+      } else clean += "\ufffd";
+    } else if (c >= 0xdc00 && c <= 0xdfff) clean += "\ufffd";
+    else clean += text[i];
+  }
   return clean.length ? clean : "-";
 }
+
+/** Job documents and stream replies nest a few levels; anything deeper is hostile and never reaches JSON.parse. */
+const MAX_MESSAGE_DEPTH = 16;
 
 export class UpdateAgent {
   readonly thing: string;
@@ -276,6 +292,11 @@ export class UpdateAgent {
     const bs = this.#blockSize;
     if (!Number.isInteger(bs) || bs < 256 || bs > 65536) throw new RangeError("blockSize must be 256-65536");
     this.#trusted = options.releaseKeys;
+  }
+
+  /** The largest inbound message worth decoding: a job document (AWS caps them at 32 KB) or one base64 stream block. */
+  get #maxMessageBytes(): number {
+    return Math.max(48 * 1024, Math.ceil(this.#blockSize / 3) * 4 + 1024);
   }
 
   get #blockSize(): number {
@@ -344,6 +365,15 @@ export class UpdateAgent {
   onMessage(topic: string, payload: Uint8Array): void {
     if (this.#stopped || !this.handles(topic)) return;
     try {
+      // Refuse before decoding: a 128 KB message costs RAM to decode, and deep nesting would overflow the native stack in JSON.parse.
+      if (payload.length > this.#maxMessageBytes) {
+        this.#o.log("warn", "update: message too large", { topic, bytes: payload.length });
+        return;
+      }
+      if (jsonNestsDeeper(payload, MAX_MESSAGE_DEPTH)) {
+        this.#o.log("warn", "update: message nests too deeply", { topic });
+        return;
+      }
       let doc: unknown;
       try {
         doc = JSON.parse(utf8Decode(payload));
