@@ -174,7 +174,9 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   let rejected = 0;
   cloud.onEvent((e) => {
     if (e.verdict.ok && e.openssl && e.verdict.event.type !== "ring") {
-      if (!o.quiet) say(`cloud ✔ verified ${e.verdict.event.type} event seq=${e.verdict.event.seq} (for ring seq=${String(e.verdict.event.ring ?? "-")})`);
+      const ev = e.verdict.event;
+      const about = ev.type === "snapshot" ? `for ring seq=${String(ev.ring)}` : ev.type === "audit" ? `report ${String(ev.report)}` : ev.type;
+      if (!o.quiet) say(`cloud ✔ verified ${ev.type} event seq=${ev.seq} (${about})`);
     } else if (e.verdict.ok && e.openssl) {
       verified++;
       const t0 = pressedAt.get(e.verdict.event.seq);
