@@ -35,6 +35,31 @@ export interface ReceivedEvent {
   receivedAt: number;
 }
 
+/**
+ * Connect with the service identity and subscribe one filter: how every cloud-side
+ * tool joins the broker. Resolves once the subscription is granted.
+ */
+export function connectService(options: CloudOptions, filter: string, onMessage: (topic: string, payload: Uint8Array) => void): Promise<MqttClient> {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect({
+      protocol: "mqtts", host: options.host, port: options.port, clientId: options.clientId,
+      ca: options.ca, cert: options.cert, key: options.key, servername: options.servername ?? options.host,
+      rejectUnauthorized: true, clean: true, reconnectPeriod: 1000, protocolVersion: 4,
+    });
+    // Latency-bound small packets: don't let Nagle hold them.
+    (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
+    client.on("message", (topic, buf) => onMessage(topic, new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)));
+    client.once("error", reject);
+    client.once("connect", () => {
+      client.subscribe(filter, { qos: 1 }, (err, granted) => {
+        if (err) reject(err);
+        else if (granted?.some((g) => g.qos === 128)) reject(new Error(`subscription to ${filter} refused`));
+        else resolve(client);
+      });
+    });
+  });
+}
+
 export class CloudConsumer {
   readonly verifier = new EventVerifier();
   readonly received: ReceivedEvent[] = [];
@@ -54,25 +79,8 @@ export class CloudConsumer {
     return () => this.#listeners.delete(listener);
   }
 
-  connect(options: CloudOptions): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const client = mqtt.connect({
-        protocol: "mqtts", host: options.host, port: options.port, clientId: options.clientId,
-        ca: options.ca, cert: options.cert, key: options.key, servername: options.servername ?? options.host,
-        rejectUnauthorized: true, clean: true, reconnectPeriod: 1000, protocolVersion: 4,
-      });
-      this.#client = client;
-      (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
-      client.on("message", (topic, buf) => this.#handle(topic, new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)));
-      client.once("error", reject);
-      client.once("connect", () => {
-        client.subscribe(`${TOPIC_ROOT}/+/events`, { qos: 1 }, (err, granted) => {
-          if (err) reject(err);
-          else if (granted?.some((g) => g.qos === 128)) reject(new Error("event subscription refused"));
-          else resolve();
-        });
-      });
-    });
+  async connect(options: CloudOptions): Promise<void> {
+    this.#client = await connectService(options, `${TOPIC_ROOT}/+/events`, (topic, payload) => this.#handle(topic, payload));
   }
 
   /** Resolves with the first event matching the predicate (already received or future). */

@@ -23,8 +23,8 @@ import { waitForMatch } from "./wait-for";
 import fs from "node:fs";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import mqtt, { type MqttClient } from "mqtt";
-import type { CloudConsumer, CloudOptions } from "./cloud";
+import type { MqttClient } from "mqtt";
+import { connectService, type CloudConsumer, type CloudOptions } from "./cloud";
 import type { DoorEvent } from "../modules/core/events";
 import type { Keyring } from "../modules/core/access";
 import { bytesEqual, toBase64Url, wipe } from "../modules/core/bytes";
@@ -340,29 +340,13 @@ export class SnapshotConsumer {
   }
 
   /** Subscribe to every thing's snapshot chunks (service identity; use a client ID distinct from the CloudConsumer's). */
-  connect(options: CloudOptions): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const client = mqtt.connect({
-        protocol: "mqtts", host: options.host, port: options.port, clientId: options.clientId,
-        ca: options.ca, cert: options.cert, key: options.key, servername: options.servername ?? options.host,
-        rejectUnauthorized: true, clean: true, reconnectPeriod: 1000, protocolVersion: 4,
-      });
-      this.#client = client;
-      client.on("message", (topic, buf) => {
-        const levels = topic.split("/");
-        if (levels.length !== 3 || levels[0] !== TOPIC_ROOT || levels[2] !== "snapshots") return;
-        this.arrivals.push({ thing: levels[1], at: performance.now(), bytes: buf.length });
-        if (this.arrivals.length > 4096) this.arrivals.splice(0, this.arrivals.length - 4096);
-        this.assembler.addChunk(levels[1], new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength));
-      });
-      client.once("error", reject);
-      client.once("connect", () => {
-        client.subscribe(`${TOPIC_ROOT}/+/snapshots`, { qos: 1 }, (err, granted) => {
-          if (err) reject(err);
-          else if (granted?.some((g) => g.qos === 128)) reject(new Error("snapshot subscription refused"));
-          else resolve();
-        });
-      });
+  async connect(options: CloudOptions): Promise<void> {
+    this.#client = await connectService(options, `${TOPIC_ROOT}/+/snapshots`, (topic, payload) => {
+      const levels = topic.split("/");
+      if (levels.length !== 3 || levels[0] !== TOPIC_ROOT || levels[2] !== "snapshots") return;
+      this.arrivals.push({ thing: levels[1], at: performance.now(), bytes: payload.length });
+      if (this.arrivals.length > 4096) this.arrivals.splice(0, this.arrivals.length - 4096);
+      this.assembler.addChunk(levels[1], payload);
     });
   }
 
