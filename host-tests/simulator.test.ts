@@ -25,7 +25,7 @@ test("first run provisions, rings verify end to end, a revoked guest is refused;
   t.regex(first.out, /cloud ✔ verified ring from doorward-sim-1 seq=1 boot=1 \(tweetnacl ✔ OpenSSL ✔\)/);
   t.regex(first.out, /guest: request a snapshot → accepted/);
   t.regex(first.out, /guest: request a snapshot → REFUSED \(revoked\)/);
-  t.regex(first.out, /3 of 3 rings verified end to end, 0 rejected/);
+  t.regex(first.out, /3 of 3 rings verified end to end, 0 rejected, 4 of 4 snapshots decrypted/, "three rings' snapshots and the guest's requested one");
   const key = /device key ([0-9a-f]{64})/.exec(first.out)?.[1];
   t.truthy(key);
 

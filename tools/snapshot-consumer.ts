@@ -408,7 +408,7 @@ export async function attachSnapshotViewer(
       const after = t0 === undefined ? "" : ` ${(r.completedAt - t0).toFixed(1)} ms after the press`;
       if (r.ok) {
         const notes = [r.duplicates ? `${r.duplicates} duplicate chunk(s) dropped` : "", r.outOfOrder ? `${r.outOfOrder} out of order` : ""].filter(Boolean).join(", ");
-        say(`cloud ✔ snapshot for ring seq=${r.ring}: ${r.size} bytes in ${r.chunks} chunks, digest ✔ decrypted ✔${after}${notes ? ` (${notes})` : ""}${r.file ? ` → ${r.file}` : ""}`);
+        say(`cloud ✔ snapshot for event seq=${r.ring}: ${r.size} bytes in ${r.chunks} chunks, digest ✔ decrypted ✔${after}${notes ? ` (${notes})` : ""}${r.file ? ` → ${r.file}` : ""}`);
       } else {
         say(`cloud ✘ snapshot ${r.id} REJECTED: ${r.problems.map((p) => `${p.code}${p.indexes ? ` [${p.indexes.join(",")}]` : ""}`).join("; ")}`);
       }

@@ -111,10 +111,20 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     deviceBoxSecretKey: deviceBoxSecretFromSeed(identity.signingSeed, ports.sha512),
     owner: { signPublicKey: identity.owner.signKey, boxPublicKey: identity.owner.boxKey },
     sha512: ports.sha512,
+    // A live view is a snapshot per frame, each wrapped only for who is authorised at that moment.
+    onSessionFrame: (session) => requestSnapshot(session.user, "live-view"),
   });
 
   let doorbell: Doorbell;
   let snapshots: Snapshotter | undefined;
+  /**
+   * A snapshot nobody rang for is anchored to a signed status event recording who asked,
+   * so it is bound to a signed, sequenced event exactly as a ring's snapshot is.
+   */
+  function requestSnapshot(user: string, reason: "request" | "live-view"): void {
+    if (!snapshots || snapshots.busy) return;
+    void snapshots.onRing(doorbell.emit("status", { snapshot: reason, user }));
+  }
   let updates: UpdateAgent | undefined;
   const update = ports.update;
   if (update && ports.sha256) {
@@ -131,6 +141,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     doorbell.send(doorbell.topics.replies, outcome.reply, 0);
     const action = outcome.action;
     if (action?.type === "chime-test") ports.onChime?.();
+    else if (action?.type === "snapshot") requestSnapshot(action.user, "request");
     return outcome;
   };
 
