@@ -35,7 +35,7 @@ import {
   Provisioning, ProvisioningError, encodeBundle, parseBundle, parseEndpoint, type OwnerKeys, type ProvisioningBundle,
 } from "../modules/core/provisioning";
 import { FileStore } from "../modules/host/file-store";
-import { openKeyFile, KeyFileError } from "../modules/host/key-file";
+import { openKeyFile, KeyFileError, writePrivateFile } from "../modules/host/key-file";
 import { createHostLog } from "../modules/host/log";
 import { hostRandom } from "../modules/host/random";
 
@@ -319,14 +319,7 @@ export function devOwner(home: string, io?: Pick<CliIo, "out">): OwnerKeys {
 
 function writePrivate(file: string, bytes: Uint8Array, replace: boolean): void {
   if (replace) fs.rmSync(file, { force: true });
-  const fd = fs.openSync(file, "wx", 0o600);
-  try {
-    fs.fchmodSync(fd, 0o600);
-    fs.writeSync(fd, bytes);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+  writePrivateFile(file, bytes);
 }
 
 // ------------------------------------------------------------------ feed, status, reset

@@ -64,25 +64,31 @@ function isLink(file: string): boolean {
   }
 }
 
+/**
+ * Create a file only its owner can read, exclusively (EEXIST if it is already there),
+ * flushed to disk before returning: for keys and anything else secret on the host.
+ */
+export function writePrivateFile(file: string, bytes: Uint8Array): void {
+  const fd = fs.openSync(file, "wx", 0o600);
+  try {
+    fs.fchmodSync(fd, 0o600);
+    fs.writeSync(fd, bytes);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function createKeyFile(target: string, random: Random): void {
   fs.mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 });
   const key = new Uint8Array(KEY_FILE_BYTES);
   random.fill(key);
-  let fd: number;
   try {
-    // wx: fail if it exists (another process won the race; use theirs).
-    fd = fs.openSync(target, "wx", 0o600);
+    writePrivateFile(target, key);
   } catch (e) {
-    key.fill(0);
-    if ((e as NodeJS.ErrnoException).code === "EEXIST") return;
-    throw e;
-  }
-  try {
-    fs.fchmodSync(fd, 0o600);
-    fs.writeSync(fd, key);
-    fs.fsyncSync(fd);
+    // EEXIST: another process won the race; use theirs.
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
   } finally {
-    fs.closeSync(fd);
     key.fill(0);
   }
 }
