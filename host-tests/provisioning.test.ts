@@ -109,6 +109,7 @@ test("invalid bundles are refused before anything is written, with a message tha
     ["EC key", (b) => { b.aws.key = Buffer.from(ecKey).toString("base64url"); }, /RSA/],
     ["short owner key", (b) => { b.owner.sign = Buffer.alloc(31).toString("base64url"); }, /owner\.sign/],
     ["missing owner box key", (b) => { delete b.owner.box; }, /owner\.box/],
+    ["all-zero owner box key (low order)", (b) => { b.owner.box = Buffer.alloc(32).toString("base64url"); }, /owner\.box is a low-order/],
   ];
   for (const [what, change, message] of variants) {
     const b = structuredClone(good);

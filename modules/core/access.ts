@@ -126,6 +126,37 @@ function key32(v: unknown, what: string): Uint8Array {
   }
 }
 
+/*
+ * The X25519 public keys whose shared secret with any device key is fixed
+ * (all zero): the points of order 1, 2, 4 and 8 and their non-canonical
+ * encodings (x + p). A user holding one would have keys anyone can derive.
+ * X25519 ignores the top bit, so it is masked before the comparison; the
+ * test checks every entry really gives an all-zero shared point.
+ */
+const LOW_ORDER_X25519: readonly string[] = [
+  "0000000000000000000000000000000000000000000000000000000000000000",
+  "0100000000000000000000000000000000000000000000000000000000000000",
+  "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+  "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+  "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+  "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+  "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+];
+
+/** True for a 32-byte X25519 public key that is not low-order (see LOW_ORDER_X25519). */
+export function isUsableBoxKey(key: Uint8Array): boolean {
+  if (key.length !== 32) return false;
+  let hex = "";
+  for (let i = 0; i < 32; i++) hex += ((i === 31 ? key[i] & 0x7f : key[i]) | 0x100).toString(16).slice(1);
+  return !LOW_ORDER_X25519.includes(hex);
+}
+
+function boxKey32(v: unknown): Uint8Array {
+  const key = key32(v, "box");
+  if (!isUsableBoxKey(key)) throw new AccessRejection("malformed", "box key is a low-order X25519 point");
+  return key;
+}
+
 export function userToJson(u: AccessUser): Json {
   return { box: toBase64Url(u.boxPublicKey), id: u.id, role: u.role, sign: toBase64Url(u.signPublicKey) };
 }
@@ -134,7 +165,7 @@ export function userFromJson(v: unknown): AccessUser {
   if (!isRecord(v) || !hasExactly(v, ["box", "id", "role", "sign"])) throw new AccessRejection("malformed", "user must be {box,id,role,sign}");
   if (!isUserId(v.id)) throw new AccessRejection("malformed", "bad user id");
   if (typeof v.role !== "string" || !(ROLES as readonly string[]).includes(v.role)) throw new AccessRejection("malformed", "bad role");
-  return { id: v.id, role: v.role as Role, signPublicKey: key32(v.sign, "sign"), boxPublicKey: key32(v.box, "box") };
+  return { id: v.id, role: v.role as Role, signPublicKey: key32(v.sign, "sign"), boxPublicKey: boxKey32(v.box) };
 }
 
 export function listToJson(list: AccessListBody): Json {
@@ -194,6 +225,7 @@ export function deriveUserKeys(shared: Uint8Array, sha512: Sha512 = (d) => nacl.
 
 /** box.before + derivation: the expensive step (~1.9 s on the device), done once per user and either side. */
 export function userKeysFor(theirBoxPublicKey: Uint8Array, myBoxSecretKey: Uint8Array, sha512?: Sha512): UserKeys {
+  if (!isUsableBoxKey(theirBoxPublicKey)) throw new AccessRejection("malformed", "box key is a low-order X25519 point");
   const shared = nacl.box.before(theirBoxPublicKey, myBoxSecretKey);
   const keys = deriveUserKeys(shared, sha512);
   wipe(shared);
@@ -426,6 +458,7 @@ export class AccessList implements Keyring {
     const id = owner.id ?? "owner";
     if (!isUserId(id)) throw new TypeError("access: bad owner id");
     if (owner.signPublicKey?.length !== 32 || owner.boxPublicKey?.length !== 32) throw new TypeError("access: owner keys must be 32 bytes");
+    if (!isUsableBoxKey(owner.boxPublicKey)) throw new TypeError("access: owner box key is a low-order X25519 point");
     const user: AccessUser = { id, role: "owner", signPublicKey: owner.signPublicKey.slice(), boxPublicKey: owner.boxPublicKey.slice() };
     const state: State = { gen: 1, signedGen: 0, users: [user], revoked: [] };
     const keys = new Map([[user.id, userKeysFor(user.boxPublicKey, this.#deviceSecret, this.#sha512)]]);

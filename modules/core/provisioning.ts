@@ -25,6 +25,7 @@ import nacl from "tweetnacl";
 import type { Log, Random } from "./ports";
 import { fromBase64Url, toBase64Url, utf8Decode, utf8Encode, wipe } from "./bytes";
 import { isThingName } from "./topics";
+import { isUsableBoxKey } from "./access";
 import { Vault, VaultError, type DamagedSecret } from "./vault";
 
 /** Vault names of the identity secrets. */
@@ -391,5 +392,6 @@ export function parseBundle(bytes: Uint8Array): ProvisioningBundle {
   const boxKey = bytesField(owner, "box", "owner.box");
   if (signKey.length !== 32) fail("owner.sign must be a 32-byte Ed25519 public key");
   if (boxKey.length !== 32) fail("owner.box must be a 32-byte X25519 public key");
+  if (!isUsableBoxKey(boxKey)) fail("owner.box is a low-order X25519 point, whose keys anyone can derive");
   return { thing, wifi: { ssid, password }, endpoint, cert, key, ca, owner: { signKey, boxKey } };
 }
