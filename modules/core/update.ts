@@ -23,249 +23,60 @@
  *   doorward.firmware      {release: {manifest, sig}, stream: {id, file, version?}}
  *   doorward.release-keys  {keys: {keySet, sigs}}   (release key rotation)
  *
+ * This file runs the job protocol (Jobs topics, verdicts, replays, boot
+ * reconciliation); ./update-protocol holds its topics and types,
+ * ./update-stream the image download, ./update-activation the activation and
+ * the trial image's health check.
+ *
  * The agent talks to the world only through a publish function and
  * onMessage(), so it plugs into the Doorbell's public API (send / onMessage /
  * subscriptions) without the Doorbell knowing about updates.
  */
-import type { DigestStream, Sha256Factory } from "./ports";
-import type { BootControl, Clock, KeyValueStore, Log, UpdateSink } from "./ports";
 import { canonicalBytes, jsonNestsDeeper, type Json } from "./canonical";
-import { bytesEqual, fromHex, toHex, utf8Decode } from "./bytes";
-import {
-  checkKeyUpdate,
-  manifestMessage,
-  naclVerify,
-  readRelease,
-  releaseKeyId,
-  type Ed25519Verify,
-  type FirmwareManifest,
-  type TrustedKeys,
-} from "./release";
+import { fromHex, toHex, utf8Decode } from "./bytes";
+import { checkKeyUpdate, manifestMessage, naclVerify, readRelease, releaseKeyId, type TrustedKeys } from "./release";
 import { assertThingName } from "./topics";
-
-export const FIRMWARE_OPERATION = "doorward.firmware";
-export const KEYS_OPERATION = "doorward.release-keys";
-
-/** KV keys (15 characters at most). */
-export const UPDATE_KV = { state: "upd.state", floor: "upd.floor", done: "upd.done", keys: "upd.keys" } as const;
-
-/** AWS IoT job IDs: [a-zA-Z0-9_-], 1-64. Checked before a job ID is put in a topic. */
-const JOB_ID = /^[a-zA-Z0-9_-]{1,64}$/;
-/** AWS IoT stream IDs: [a-zA-Z0-9_-], 1-128. */
-const STREAM_ID = /^[a-zA-Z0-9_-]{1,128}$/;
-/** Finished jobs remembered, to recognise a replayed one. */
-const DONE_KEEP = 8;
+import { trial } from "./update-activation";
+import { StreamDownload } from "./update-stream";
+import {
+  DONE_KEEP,
+  detailText,
+  FIRMWARE_OPERATION,
+  isRecord,
+  JOB_ID,
+  KEYS_OPERATION,
+  MAX_MESSAGE_DEPTH,
+  newActive,
+  STREAM_ID,
+  UPDATE_KV,
+  updateTopics,
+  type Active,
+  type Answer,
+  type DoneEntry,
+  type FailureReason,
+  type JobStatus,
+  type RefusalReason,
+  type SavedState,
+  type StreamRef,
+  type UpdateAgentOptions,
+  type UpdateContext,
+  type UpdateEvent,
+} from "./update-protocol";
 
 export type { BootControl } from "./ports";
-
-export type JobStatus = "IN_PROGRESS" | "SUCCEEDED" | "FAILED" | "REJECTED";
-
-/** Why an update was refused (REJECTED): the image or job is not acceptable. */
-export type RefusalReason =
-  | "malformed-job"
-  | "unsupported-operation"
-  | "malformed-manifest"
-  | "unsigned"
-  | "unknown-key"
-  | "bad-signature"
-  | "wrong-board"
-  | "downgrade"
-  | "not-newer"
-  | "base-too-old"
-  | "too-large"
-  | "truncated"
-  | "size-mismatch"
-  | "digest-mismatch"
-  | "replayed-job"
-  | "malformed-keys"
-  | "unauthorized";
-
-/** Why an acceptable update did not complete (FAILED). */
-export type FailureReason =
-  | "stream-timeout"
-  | "stream-error"
-  | "stream-changed"
-  | "write-failed"
-  | "activation-failed"
-  | "interrupted"
-  | "health-check-failed"
-  | "rolled-back";
-
-export type UpdateEvent =
-  | { type: "job"; job: string; operation: string }
-  | { type: "refused"; job: string; reason: RefusalReason; detail: string }
-  | { type: "failed"; job: string; reason: FailureReason; detail: string }
-  | { type: "progress"; job: string; bytes: number; size: number }
-  | { type: "downloaded"; job: string; bytes: number; ms: number }
-  | { type: "activating"; job: string; version: number }
-  | { type: "trial"; job: string; version: number }
-  | { type: "rolling-back"; job: string; version: number; why: string }
-  | { type: "confirmed"; job: string; version: number }
-  | { type: "keys"; job: string; serial: number };
-
-export interface UpdateAgentOptions {
-  thing: string;
-  /** This build's board; a release for another board is refused. */
-  board: string;
-  /** Version of the running image (built in: mc/config on device, the booted image's header on host). */
-  runningVersion: number;
-  /** Release keys built into this image. A stored, signed key set with a higher serial replaces them. */
-  releaseKeys: TrustedKeys;
-  store: KeyValueStore;
-  sink: UpdateSink;
-  boot: BootControl;
-  clock: Clock;
-  log: Log;
-  /** SHA-256, incremental. Device: crypt Digest("SHA256"); host: node:crypto; fallback: createJsSha256. */
-  createDigest: Sha256Factory;
-  /** QoS 1 publish, resolved on PUBACK. Wiring: (topic, payload) => doorbell.send(topic, payload, 0). */
-  publish: (topic: string, payload: Uint8Array) => Promise<void>;
-  /** Local self-test of a trial image, after it has reached the cloud. Default: passes. */
-  healthCheck?: () => boolean | Promise<boolean>;
-  verify?: Ed25519Verify;
-  /** Largest image the inactive slot holds. */
-  maxImageBytes?: number;
-  /** Stream block size, 256-65536 (base64 in JSON must stay under AWS's 128 KB message limit). Default 4096. */
-  blockSize?: number;
-  /** Blocks asked for per GetStream request (RAM: this × blockSize). Default 4. */
-  blocksPerRequest?: number;
-  /** Silence after an acknowledged request before asking again. Default 15 s. */
-  requestTimeoutMs?: number;
-  /** Consecutive unanswered requests before the job fails. Default 8. */
-  maxRetries?: number;
-  /** How long a trial image waits for the cloud to answer its status report. Default 5 min. */
-  healthTimeoutMs?: number;
-  /** Attempts at one job across power cuts before it is failed. Default 3. */
-  maxAttempts?: number;
-  /** Ask for the next job this often. Default 1 h; 0 only at start. */
-  pollIntervalMs?: number;
-  /** Delay between complete() and restart, so the status report can leave. Default 1 s. */
-  restartDelayMs?: number;
-  onEvent?: (event: UpdateEvent) => void;
-}
-
-interface SavedState {
-  phase: "downloading" | "activating" | "trial";
-  job: string;
-  version: number;
-  attempts: number;
-  failure?: string;
-}
-
-interface DoneEntry {
-  job: string;
-  status: JobStatus;
-  reason: string;
-  /** The Jobs service answered the terminal report: a later delivery of this job is a replay. */
-  settled: boolean;
-}
-
-interface StreamRef {
-  id: string;
-  file: number;
-  version: number | undefined;
-}
-
-interface Active {
-  job: string;
-  phase: "verifying" | "downloading" | "activating" | "trial" | "keys";
-  manifest?: FirmwareManifest;
-  stream?: StreamRef;
-  attempts: number;
-  serial: number;
-  next: number;
-  total: number;
-  bytes: number;
-  windowEnd: number;
-  pending: Map<number, Uint8Array>;
-  digest?: DigestStream;
-  opened: boolean;
-  retries: number;
-  cancelTimer?: () => void;
-  quarter: number;
-  startedAt: number;
-}
-
-interface Answer {
-  accepted: boolean;
-  code?: string;
-}
-
-export function updateTopics(thing: string) {
-  assertThingName(thing);
-  const jobs = `$aws/things/${thing}/jobs`;
-  const streams = `$aws/things/${thing}/streams`;
-  return {
-    notifyNext: `${jobs}/notify-next`,
-    getNext: `${jobs}/$next/get`,
-    update: (jobId: string) => `${jobs}/${jobId}/update`,
-    streamGet: (streamId: string) => `${streams}/${streamId}/get/json`,
-    /** What the Doorbell must subscribe to (five filters, well under AWS's 50 per connection). */
-    subscriptions: [
-      `${jobs}/notify-next`,
-      `${jobs}/$next/get/+`,
-      `${jobs}/+/update/+`,
-      `${streams}/+/data/json`,
-      `${streams}/+/rejected/json`,
-    ],
-  };
-}
-
-/** Topic filters for DoorbellOptions.subscriptions. */
-export function updateSubscriptions(thing: string): string[] {
-  return updateTopics(thing).subscriptions;
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const B64_INDEX = new Int16Array(128).fill(-1);
-for (let i = 0; i < 64; i++) B64_INDEX[B64.charCodeAt(i)] = i;
-
-/** RFC 4648 §4 base64 (the stream service's "p"), padding optional, anything else refused. */
-export function fromBase64(text: string): Uint8Array {
-  let end = text.length;
-  if (end % 4 === 0 && end > 0 && text.charCodeAt(end - 1) === 61) end -= text.charCodeAt(end - 2) === 61 ? 2 : 1;
-  if (end % 4 === 1) throw new TypeError("base64: bad length");
-  const out = new Uint8Array(Math.floor((end * 3) / 4));
-  let acc = 0, bits = 0, o = 0;
-  for (let i = 0; i < end; i++) {
-    const c = text.charCodeAt(i);
-    const v = c < 128 ? B64_INDEX[c] : -1;
-    if (v < 0) throw new TypeError("base64: bad character");
-    acc = ((acc << 6) | v) & 0xffffff;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (acc >> bits) & 255;
-    }
-  }
-  return out;
-}
-
-/** statusDetails values must be 1-1024 printable characters (AWS). */
-function detailText(text: string): string {
-  // A detail may quote a peer's string: controls and lone surrogates must not stop the report being encoded.
-  let clean = "";
-  for (let i = 0; i < text.length && clean.length < 256; i++) {
-    const c = text.charCodeAt(i);
-    if (c < 0x20 || c === 0x7f) clean += " ";
-    else if (c >= 0xd800 && c <= 0xdbff) {
-      const d = text.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d <= 0xdfff) {
-        clean += text[i] + text[i + 1];
-        i++;
-      } else clean += "\ufffd";
-    } else if (c >= 0xdc00 && c <= 0xdfff) clean += "\ufffd";
-    else clean += text[i];
-  }
-  return clean.length ? clean : "-";
-}
-
-/** Job documents and stream replies nest a few levels; anything deeper is hostile and never reaches JSON.parse. */
-const MAX_MESSAGE_DEPTH = 16;
+export {
+  FIRMWARE_OPERATION,
+  fromBase64,
+  KEYS_OPERATION,
+  UPDATE_KV,
+  updateSubscriptions,
+  updateTopics,
+  type FailureReason,
+  type JobStatus,
+  type RefusalReason,
+  type UpdateAgentOptions,
+  type UpdateEvent,
+} from "./update-protocol";
 
 export class UpdateAgent {
   readonly thing: string;
@@ -278,7 +89,8 @@ export class UpdateAgent {
   #active: Active | undefined;
   #answers = new Map<string, (answer: Answer | undefined) => void>();
   #counter = 0;
-  #downloads = 0;
+  #download: StreamDownload;
+  #context: UpdateContext;
   #started = false;
   #stopped = false;
   #getSentAt: number | undefined;
@@ -292,6 +104,32 @@ export class UpdateAgent {
     const bs = this.#blockSize;
     if (!Number.isInteger(bs) || bs < 256 || bs > 65536) throw new RangeError("blockSize must be 256-65536");
     this.#trusted = options.releaseKeys;
+    this.#context = {
+      o: options,
+      topics: this.topics,
+      stats: this.stats,
+      blockSize: bs,
+      active: () => this.#active,
+      setActive: (a) => {
+        this.#active = a;
+      },
+      stopped: () => this.#stopped,
+      setFloor: (version) => {
+        this.#floor = version;
+      },
+      token: (prefix) => this.#token(prefix),
+      report: (job, status, details) => this.#report(job, status, details),
+      answer: (token, timeoutMs) => this.#answer(token, timeoutMs),
+      emit: (event) => this.#emit(event),
+      refuse: (job, reason, detail, extra) => this.#refuse(job, reason, detail, extra),
+      fail: (job, reason, detail, extra) => this.#fail(job, reason, detail, extra),
+      finish: (job, status, reason, detail, extra) => this.#finish(job, status, reason, detail, extra),
+      guard: (fn) => this.#guard(fn),
+      safe: (what, fn) => this.#safe(what, fn),
+      saveState: (s) => this.#saveState(s),
+      write: (key, value) => this.#write(key, value),
+    };
+    this.#download = new StreamDownload(this.#context);
   }
 
   /** The largest inbound message worth decoding: a job document (AWS caps them at 32 KB) or one base64 stream block. */
@@ -393,8 +231,8 @@ export class UpdateAgent {
           this.#o.log("warn", "update: $next/get rejected", { code: String(doc.code ?? "") });
         } else if (levels.length === 7 && levels[5] === "update") this.#onUpdateAnswer(levels[4], levels[6] === "accepted", doc);
       } else if (feature === "streams" && levels.length === 7 && levels[6] === "json") {
-        if (levels[5] === "data") this.#onBlock(levels[4], doc);
-        else if (levels[5] === "rejected") this.#onStreamRejected(levels[4], doc);
+        if (levels[5] === "data") this.#download.onBlock(levels[4], doc);
+        else if (levels[5] === "rejected") this.#download.onRejected(levels[4], doc);
       }
     } catch (e) {
       this.#o.log("error", "update: message handler failed", { topic, reason: String(e) });
@@ -485,7 +323,7 @@ export class UpdateAgent {
     }
     if (o.runningVersion === st.version) {
       if (st.phase === "activating") this.#saveState({ ...st, phase: "trial" });
-      this.#trial(st).catch((e: unknown) => o.log("error", "update: trial failed", { reason: String(e) }));
+      trial(this.#context, st).catch((e: unknown) => o.log("error", "update: trial failed", { reason: String(e) }));
       return;
     }
     if (st.phase === "trial") {
@@ -670,10 +508,6 @@ export class UpdateAgent {
     }
   }
 
-  #newActive(job: string, phase: Active["phase"], attempts: number): Active {
-    return { job, phase, attempts, serial: 0, next: 0, total: 0, bytes: 0, windowEnd: 0, pending: new Map(), opened: false, retries: 0, quarter: 0, startedAt: 0 };
-  }
-
   // ------------------------------------------------------------------ firmware
 
   #firmwareJob(job: string, doc: Record<string, unknown>): void {
@@ -701,7 +535,7 @@ export class UpdateAgent {
     const attempts = st && st.job === job ? st.attempts : 0;
     if (attempts >= (o.maxAttempts ?? 3)) return this.#fail(job, "interrupted", `${attempts} attempts were cut short`, details);
 
-    const a = this.#newActive(job, "verifying", attempts);
+    const a = newActive(job, "verifying", attempts);
     a.manifest = m;
     a.stream = stream;
     this.#active = a;
@@ -718,218 +552,14 @@ export class UpdateAgent {
         good = false;
       }
       if (!good) return this.#refuse(job, "bad-signature", `signature does not verify under key ${m.keyId}`, details);
-      this.#startDownload(a);
+      this.#download.start(a);
     }), 0);
-  }
-
-  #startDownload(a: Active): void {
-    const o = this.#o;
-    const m = a.manifest!;
-    try {
-      this.#saveState({ phase: "downloading", job: a.job, version: m.version, attempts: a.attempts + 1 });
-      o.sink.open(m.size);
-      a.opened = true;
-    } catch (e) {
-      return this.#fail(a.job, "write-failed", `could not open the update slot: ${String(e)}`);
-    }
-    a.phase = "downloading";
-    a.digest = o.createDigest();
-    a.serial = ++this.#downloads;
-    a.total = Math.ceil(m.size / this.#blockSize);
-    a.startedAt = o.clock.monotonic();
-    o.log("info", "update: downloading", { job: a.job, version: m.version, bytes: m.size, stream: a.stream!.id });
-    this.#request(a);
-  }
-
-  #request(a: Active): void {
-    if (this.#active !== a || a.phase !== "downloading") return;
-    const count = Math.min(this.#o.blocksPerRequest ?? 4, a.total - a.next);
-    a.windowEnd = a.next + count;
-    const stream = a.stream!;
-    const req: Record<string, Json> = { c: this.#token(`d${a.serial}-`), f: stream.file, l: this.#blockSize, o: a.next, n: count };
-    if (stream.version !== undefined) req.s = stream.version;
-    this.stats.requests++;
-    a.cancelTimer?.();
-    a.cancelTimer = undefined;
-    const sentFor = a.next;
-    this.#o.publish(this.topics.streamGet(stream.id), canonicalBytes(req)).then(
-      () => this.#guard(() => {
-        // Time the answer from the broker's PUBACK: while offline the request waits in the outbox instead.
-        if (this.#active === a && a.phase === "downloading" && a.next === sentFor && !a.cancelTimer) this.#arm(a);
-      }),
-      () => this.#guard(() => {
-        if (this.#active === a && a.phase === "downloading") this.#arm(a);
-      }),
-    );
-  }
-
-  #arm(a: Active): void {
-    a.cancelTimer?.();
-    a.cancelTimer = this.#o.clock.schedule(() => this.#guard(() => {
-      a.cancelTimer = undefined;
-      if (this.#active !== a || a.phase !== "downloading") return;
-      a.retries++;
-      this.stats.retries++;
-      if (a.retries > (this.#o.maxRetries ?? 8)) return this.#fail(a.job, "stream-timeout", `no block ${a.next} after ${a.retries} requests`);
-      this.#o.log("warn", "update: stream silent; asking again", { job: a.job, block: a.next, retry: a.retries });
-      this.#request(a);
-    }), this.#o.requestTimeoutMs ?? 15_000);
-  }
-
-  #onBlock(streamId: string, doc: Record<string, unknown>): void {
-    const a = this.#active;
-    if (!a || a.phase !== "downloading" || streamId !== a.stream!.id) return;
-    if (typeof doc.c !== "string" || !doc.c.startsWith(`d${a.serial}-`)) return;
-    if (doc.f !== a.stream!.file) return;
-    const i = doc.i;
-    if (typeof i !== "number" || !Number.isInteger(i) || i < a.next || i >= a.windowEnd || a.pending.has(i)) return;
-    if (typeof doc.p !== "string") return this.#fail(a.job, "stream-error", `block ${i} has no payload`);
-    let bytes: Uint8Array;
-    try {
-      bytes = fromBase64(doc.p);
-    } catch {
-      return this.#fail(a.job, "stream-error", `block ${i} is not base64`);
-    }
-    if (doc.l !== undefined && doc.l !== bytes.length) return this.#fail(a.job, "stream-error", `block ${i} says ${String(doc.l)} bytes, carries ${bytes.length}`);
-    a.pending.set(i, bytes);
-    while (this.#active === a && a.pending.has(a.next)) {
-      const block = a.pending.get(a.next)!;
-      a.pending.delete(a.next);
-      if (!this.#consume(a, block)) return;
-    }
-    if (this.#active !== a) return;
-    if (a.next === a.total) return this.#downloaded(a);
-    if (a.next === a.windowEnd) this.#request(a);
-    else this.#arm(a);
-  }
-
-  /** Write one in-order block to the slot and the digest. False if the job ended. */
-  #consume(a: Active, block: Uint8Array): boolean {
-    const m = a.manifest!;
-    const i = a.next;
-    const expected = i === a.total - 1 ? m.size - i * this.#blockSize : this.#blockSize;
-    if (block.length < expected) {
-      this.#refuse(a.job, "truncated", `block ${i} has ${block.length} of ${expected} bytes; image is ${m.size} bytes`);
-      return false;
-    }
-    if (block.length > expected) {
-      this.#refuse(a.job, "size-mismatch", `stream is longer than the signed size ${m.size}`);
-      return false;
-    }
-    try {
-      this.#o.sink.write(block);
-    } catch (e) {
-      this.#fail(a.job, "write-failed", String(e));
-      return false;
-    }
-    a.digest!.update(block);
-    a.next++;
-    a.bytes += block.length;
-    a.retries = 0;
-    this.stats.blocks++;
-    this.stats.bytes += block.length;
-    const quarter = Math.floor((a.bytes * 4) / m.size);
-    if (quarter > a.quarter && quarter < 4) {
-      a.quarter = quarter;
-      this.#report(a.job, "IN_PROGRESS", { step: "downloading", progress: String(quarter * 25) });
-      this.#emit({ type: "progress", job: a.job, bytes: a.bytes, size: m.size });
-    }
-    return true;
-  }
-
-  #onStreamRejected(streamId: string, doc: Record<string, unknown>): void {
-    const a = this.#active;
-    if (!a || a.phase !== "downloading" || streamId !== a.stream!.id) return;
-    const token = typeof doc.c === "string" ? doc.c : typeof doc.clientToken === "string" ? doc.clientToken : "";
-    if (token && !token.startsWith(`d${a.serial}-`)) return;
-    const code = typeof doc.o === "string" ? doc.o : typeof doc.code === "string" ? doc.code : "unknown";
-    const message = typeof doc.m === "string" ? doc.m : "";
-    if ((code === "ResourceNotFound" || code === "OffsetOutOfBounds") && a.bytes < a.manifest!.size) {
-      return this.#refuse(a.job, "truncated", `stream ended at ${a.bytes} of ${a.manifest!.size} bytes (${code})`);
-    }
-    if (code === "VersionMismatch") return this.#fail(a.job, "stream-changed", message || code);
-    this.#fail(a.job, "stream-error", `${code}${message ? `: ${message}` : ""}`);
-  }
-
-  #downloaded(a: Active): void {
-    const o = this.#o;
-    const m = a.manifest!;
-    a.cancelTimer?.();
-    const ms = o.clock.monotonic() - a.startedAt;
-    this.#emit({ type: "downloaded", job: a.job, bytes: a.bytes, ms });
-    const digest = a.digest!.digest();
-    if (!bytesEqual(digest, fromHex(m.sha256))) return this.#refuse(a.job, "digest-mismatch", `image SHA-256 ${toHex(digest).slice(0, 16)}… is not the signed ${m.sha256.slice(0, 16)}…`);
-    // Verified. Record the intent first: whatever the power does next, the next boot knows what was happening.
-    try {
-      this.#saveState({ phase: "activating", job: a.job, version: m.version, attempts: a.attempts + 1 });
-    } catch (e) {
-      return this.#fail(a.job, "activation-failed", `could not record activation: ${String(e)}`);
-    }
-    try {
-      o.sink.complete();
-      a.opened = false;
-    } catch (e) {
-      return this.#fail(a.job, "activation-failed", String(e));
-    }
-    a.phase = "activating";
-    this.#report(a.job, "IN_PROGRESS", { step: "activating", version: String(m.version) });
-    this.#emit({ type: "activating", job: a.job, version: m.version });
-    o.log("info", "update: image verified and made bootable; restarting", { job: a.job, version: m.version, ms: Math.round(ms) });
-    o.clock.schedule(() => this.#guard(() => {
-      if (this.#stopped) return;
-      o.boot.restart();
-    }), o.restartDelayMs ?? 1000);
-  }
-
-  // ------------------------------------------------------------------ trial
-
-  async #trial(st: SavedState): Promise<void> {
-    const o = this.#o;
-    const a = this.#newActive(st.job, "trial", st.attempts);
-    this.#active = a;
-    this.#emit({ type: "trial", job: st.job, version: st.version });
-    o.log("info", "update: running a new image on trial", { job: st.job, version: st.version });
-    // Health, part 1: the new image reaches the cloud and gets an answer (TLS, MQTT, policy all work).
-    const token = this.#report(st.job, "IN_PROGRESS", { step: "booted", version: String(st.version) });
-    const answer = await this.#answer(token, o.healthTimeoutMs ?? 300_000);
-    if (this.#active !== a || this.#stopped) return;
-    if (!answer) return this.#rollback(st, "no answer from the cloud");
-    // Health, part 2: the local self-test.
-    let healthy = false;
-    let why = "self-test failed";
-    try {
-      healthy = await (o.healthCheck?.() ?? true);
-    } catch (e) {
-      why = `self-test threw: ${String(e)}`;
-    }
-    if (this.#active !== a || this.#stopped) return;
-    if (!healthy) return this.#rollback(st, why);
-    try {
-      o.boot.confirm();
-      // Only now, with the image confirmed to the bootloader, may the floor rise.
-      this.#write(UPDATE_KV.floor, st.version);
-      this.#floor = st.version;
-    } catch (e) {
-      o.log("error", "update: confirming the new image failed", { reason: String(e) });
-      return;
-    }
-    this.#emit({ type: "confirmed", job: st.job, version: st.version });
-    this.#finish(st.job, "SUCCEEDED", "confirmed", `running version ${st.version}`, { version: String(st.version) });
-  }
-
-  #rollback(st: SavedState, why: string): void {
-    const o = this.#o;
-    o.log("error", "update: trial image unhealthy; rolling back", { job: st.job, version: st.version, why });
-    this.#emit({ type: "rolling-back", job: st.job, version: st.version, why });
-    this.#safe("state", () => this.#saveState({ ...st, phase: "trial", failure: why }));
-    this.#active = undefined;
-    this.#safe("rollback", () => o.boot.rollback(why));
   }
 
   // ------------------------------------------------------------------ release keys
 
   #keysJob(job: string, doc: Record<string, unknown>): void {
-    const a = this.#newActive(job, "keys", 0);
+    const a = newActive(job, "keys", 0);
     this.#active = a;
     this.#report(job, "IN_PROGRESS", { step: "verifying" });
     this.#o.clock.schedule(() => this.#guard(() => {
