@@ -83,7 +83,11 @@ function releaseDirFor(board: string): string {
   const entry = releaseManifest.platforms[`esp32/${board}`];
   const include = path.resolve(ROOT, entry.include);
   const json = JSON.parse(fs.readFileSync(include, "utf8"));
-  return path.resolve(path.dirname(include), json.build.SDKCONFIGPATH);
+  const value: string = json.build.SDKCONFIGPATH;
+  // mcmanifest.js parseBuild resolves only values starting with "./" against the manifest's own directory;
+  // "../x" would be left relative to wherever mcconfig runs, and the SDK then silently finds no sdkconfig.defaults.
+  if (!value.startsWith("./")) throw new Error(`${entry.include}: SDKCONFIGPATH must start with "./" (is ${value})`);
+  return path.resolve(path.dirname(include), value);
 }
 
 test("manifest_release.json builds on manifest.json, says it is a release, and refuses every platform but the S3 boards", (t) => {
@@ -98,6 +102,7 @@ for (const board of S3) {
   test(`${board}: the release sdkconfig locks the chip and keeps the board's own settings`, (t) => {
     const dir = releaseDirFor(board);
     t.is(path.relative(ROOT, dir), path.join("hardware", "sdkconfig", board, "release"));
+    t.true(fs.existsSync(path.join(dir, "sdkconfig.defaults")));
     const release = parseSdkconfig(fs.readFileSync(path.join(dir, "sdkconfig.defaults"), "utf8"));
     const development = parseSdkconfig(fs.readFileSync(path.join(ROOT, "hardware", "sdkconfig", board, "sdkconfig.defaults"), "utf8"));
     t.deepEqual(releaseProblems(release, development, secureVersion), []);
