@@ -133,7 +133,7 @@ function key32(v: unknown, what: string): Uint8Array {
  * X25519 ignores the top bit, so it is masked before the comparison; the
  * test checks every entry really gives an all-zero shared point.
  */
-const LOW_ORDER_X25519: readonly string[] = [
+export const LOW_ORDER_X25519: readonly string[] = [
   "0000000000000000000000000000000000000000000000000000000000000000",
   "0100000000000000000000000000000000000000000000000000000000000000",
   "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",

@@ -124,6 +124,19 @@ export function wipe(bytes: Uint8Array): void {
   bytes.fill(0);
 }
 
+/** Write n as 4 big-endian bytes at r[at]. */
+export function writeU32(r: Uint8Array, at: number, n: number): void {
+  r[at] = (n >>> 24) & 255;
+  r[at + 1] = (n >>> 16) & 255;
+  r[at + 2] = (n >>> 8) & 255;
+  r[at + 3] = n & 255;
+}
+
+/** Read 4 big-endian bytes at r[at] as an unsigned integer. */
+export function readU32(r: Uint8Array, at: number): number {
+  return ((r[at] << 24) >>> 0) + (r[at + 1] << 16) + (r[at + 2] << 8) + r[at + 3];
+}
+
 /** 8-byte big-endian encoding of a non-negative safe integer. */
 export function u64be(n: number): Uint8Array {
   if (!Number.isSafeInteger(n) || n < 0) throw new RangeError("u64be: not a non-negative safe integer");

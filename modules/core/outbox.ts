@@ -28,7 +28,7 @@
 import type { KeyValueStore, Log, MqttTransport } from "./ports";
 import { KV_MAX_KEY, KV_MAX_VALUE } from "./ports";
 import { canonicalBytes, parseCanonical, type Json } from "./canonical";
-import { utf8Decode, utf8Encode } from "./bytes";
+import { readU32, utf8Decode, utf8Encode, writeU32 } from "./bytes";
 
 export type OutboxKind = "ring" | "snapshot" | "audit" | "status" | "report" | "other";
 
@@ -547,17 +547,6 @@ function decodeEntry(store: KeyValueStore, id: number, tails: Map<number, string
   const covers = readU32(head, 12);
   const entry: OutboxEntry = { topic, payload, seq, durable: true, kind, ...(kind === "report" ? { covers } : {}) };
   return { ok: true, entry, kind, parts };
-}
-
-function writeU32(r: Uint8Array, at: number, n: number): void {
-  r[at] = (n >>> 24) & 255;
-  r[at + 1] = (n >>> 16) & 255;
-  r[at + 2] = (n >>> 8) & 255;
-  r[at + 3] = n & 255;
-}
-
-function readU32(r: Uint8Array, at: number): number {
-  return ((r[at] << 24) >>> 0) + (r[at + 1] << 16) + (r[at + 2] << 8) + r[at + 3];
 }
 
 function ledgerBytes(l: DropLedger): Uint8Array {

@@ -23,7 +23,7 @@
  */
 import type { KeyValueStore } from "./ports";
 import { canonicalBytes, jsonNestsDeeper, parseCanonical, type Json } from "./canonical";
-import { utf8Decode } from "./bytes";
+import { readU32, utf8Decode, writeU32 } from "./bytes";
 
 export const RECORD_MAGIC = 0xdb;
 const FORMAT_CRC = 1;
@@ -158,13 +158,3 @@ export function crc32(bytes: Uint8Array): number {
   return (c ^ 0xffffffff) >>> 0;
 }
 
-function writeU32(r: Uint8Array, at: number, n: number): void {
-  r[at] = (n >>> 24) & 255;
-  r[at + 1] = (n >>> 16) & 255;
-  r[at + 2] = (n >>> 8) & 255;
-  r[at + 3] = n & 255;
-}
-
-function readU32(r: Uint8Array, at: number): number {
-  return ((r[at] << 24) >>> 0) + (r[at + 1] << 16) + (r[at + 2] << 8) + r[at + 3];
-}
