@@ -98,6 +98,7 @@ export class Doorbell {
       publicKey: options.signingPublicKey,
       sha512: options.sha512,
       poolSize: options.noncePoolSize,
+      onRngFailure: (reason) => options.log("error", "RNG failed its health tests: no more precomputed nonces this boot, every event is signed deterministically", { reason }),
     });
     // Signed events are written to flash before they are sent (the same store as the sequence marks).
     this.outbox = new Outbox({

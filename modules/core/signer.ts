@@ -17,14 +17,20 @@
  *  - each nonce is removed from the pool before it is used, so it can be used once;
  *  - nonces live only in RAM, never in flash, so none survives a reboot;
  *  - s is hedged: SHA-512(domain ‖ key prefix ‖ 32 fresh random bytes ‖ boot ‖ counter),
- *    so even a failed RNG cannot repeat s while the persisted boot counter increases.
+ *    so a weak RNG cannot repeat s while the persisted boot counter increases;
+ *  - the boot counter lives in flash, which can be written back, so the hedge is
+ *    not the guard: every random byte passes the health tests of ./rng-health
+ *    first, and once the RNG fails them no nonce is made again this boot and
+ *    the pool is emptied.
  * When the pool is empty the signer falls back to a deterministic RFC 8032 sign
- * (no nonce to misuse), counts it, and the caller logs it: never a silent slowdown.
+ * (no nonce to misuse: r comes from the key and the message), counts it, and the
+ * caller logs it: never a silent slowdown.
  */
 import nacl from "tweetnacl";
 import type { Random, Sha512 } from "./ports";
 import type { Signer } from "./events";
 import { concatBytes, u64be, utf8Encode, wipe } from "./bytes";
+import { RngHealth } from "./rng-health";
 
 /** The order of the Ed25519 base point. */
 const L = (1n << 252n) + 27742317777372353535851937790883648493n;
@@ -65,6 +71,8 @@ export interface SignerOptions {
   sha512?: Sha512;
   /** How many nonces to keep ready. */
   poolSize?: number;
+  /** Told once, with the reason, when the RNG fails its health tests and precomputation stops for good. */
+  onRngFailure?: (reason: string) => void;
 }
 
 export interface SignerStats {
@@ -87,6 +95,8 @@ export class Ed25519Signer implements Signer {
   #random: Random;
   #boot: number;
   #sha512: Sha512;
+  #health = new RngHealth();
+  #onRngFailure: ((reason: string) => void) | undefined;
 
   constructor(seed: Uint8Array, options: SignerOptions) {
     if (seed.length !== 32) throw new RangeError("signer: seed must be 32 bytes");
@@ -104,6 +114,12 @@ export class Ed25519Signer implements Signer {
     this.#boot = options.boot;
     this.#sha512 = options.sha512 ?? jsSha512;
     this.poolSize = options.poolSize ?? 4;
+    this.#onRngFailure = options.onRngFailure;
+  }
+
+  /** Why the RNG was judged broken (every signature is then deterministic), or undefined. */
+  get rngFailure(): string | undefined {
+    return this.#health.failure;
   }
 
   /** Nonces ready for an online signature. */
@@ -115,7 +131,10 @@ export class Ed25519Signer implements Signer {
   precompute(): boolean {
     if (this.#pool.length >= this.poolSize) return false;
     const fresh = new Uint8Array(32);
-    this.#random.fill(fresh);
+    if (!this.#health.draw(this.#random, fresh)) {
+      this.#refuseNonces();
+      return false;
+    }
     const digest = this.#sha512(concatBytes(NONCE_DOMAIN, this.#prefix, fresh, u64be(this.#boot), u64be(this.stats.precomputed)));
     this.stats.precomputed++;
     const oneTimeKey = new Uint8Array(64);
@@ -126,6 +145,19 @@ export class Ed25519Signer implements Signer {
     this.#pool.push({ r: littleEndianToBigInt(rHash) % L, R });
     wipe(fresh); wipe(digest); wipe(oneTimeKey); wipe(expanded); wipe(rHash);
     return true;
+  }
+
+  /** The RNG failed: drop every nonce, since the failure may have begun before the test saw it. */
+  #refuseNonces(): void {
+    for (const nonce of this.#pool) {
+      nonce.r = 0n;
+      wipe(nonce.R);
+    }
+    this.#pool.length = 0;
+    // Told once: the failure is final for this boot.
+    const tell = this.#onRngFailure;
+    this.#onRngFailure = undefined;
+    tell?.(this.#health.failure ?? "the RNG failed its health tests");
   }
 
   sign(message: Uint8Array): Uint8Array {
