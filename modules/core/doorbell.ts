@@ -170,7 +170,7 @@ export class Doorbell {
     return this.#emit(type, fields, type);
   }
 
-  #emit(type: EventType, fields: Record<string, Json>, kind: OutboxKind, covers?: number): SentEvent {
+  #emit(type: EventType, fields: Record<string, Json>, kind: OutboxKind, covers?: number, coversUnreadable?: number): SentEvent {
     const event: DoorEvent = {
       ...fields,
       v: EVENT_VERSION,
@@ -186,7 +186,7 @@ export class Doorbell {
     if (type === "ring") this.rings++;
     let resolveAcked!: () => void;
     const acked = new Promise<void>((resolve) => (resolveAcked = resolve));
-    const stored = this.outbox.add({ topic: this.topics.events, payload, seq: event.seq, onAcked: resolveAcked, durable: true, kind, covers });
+    const stored = this.outbox.add({ topic: this.topics.events, payload, seq: event.seq, onAcked: resolveAcked, durable: true, kind, covers, coversUnreadable });
     this.outbox.flush(this.link.online);
     this.#schedulePrecompute(this.#options.precomputeDelayMs ?? 250);
     return { seq: event.seq, event, payload, acked, stored };
@@ -236,7 +236,9 @@ export class Doorbell {
           total: l.drops,
           rings: l.rings,
           lost: l.recent.map(([seq, kind]) => [seq, kind]),
-        }, "report", l.drops);
+          // The ledger itself was found unreadable: what it counted before is gone, so the totals restart.
+          ...(l.unreadable > l.unreadableAcked ? { ledger: "unreadable" } : {}),
+        }, "report", l.drops, l.unreadable);
       } catch (e) {
         this.#options.log("error", "drop report failed", { reason: String(e) });
       }

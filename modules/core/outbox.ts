@@ -10,12 +10,16 @@
  * because chunks are large and those protocols retry on their own (docs/reliability.md).
  *
  * Flash layout (keys ≤ 15 characters, values ≤ 4000 bytes, one key write atomic):
- *   ob.<id>     head record of entry <id> (base36, increasing in the order added)
- *   ob.<id>.<k> part k ≥ 1 of an entry too long for one value (an event envelope may be 4096 bytes)
- *   ob-ledger   drop ledger: lifetime drop counts, the last victim, the last drops, the drops a report covered
- * A record is [version, kind, part, parts, seq (u64), covers (u32), FNV-1a checksum, topic length,
- * topic, payload slice]. Tails are written before the head and deleted after it, so a head
- * present means every part is present; anything left without a head is garbage from a cut.
+ *   ob.<k><id>     head of entry <id> (base36, increasing in the order added) of kind letter <k>
+ *   ob.<k><id>.<n> part n ≥ 1 of an entry too long for one value (an event envelope may be 4096 bytes)
+ *   ob-ledger      drop ledger: lifetime drop counts, the last victim, the last drops, what a report covered
+ * Every value is a self-checking record (./record, CRC-32). An entry's body is [kind, part, parts,
+ * seq (u64), covers (u32), covers-unreadable (u32), topic length, topic, payload slice]. The kind
+ * is in the key as well as in the body, so an entry whose value is beyond reading is still
+ * reported as what it was (a damaged ring is a lost ring). Tails are written before the head and
+ * deleted after it, so a head present means every part is present; anything left without a head
+ * is garbage from a cut. Restore never lets a key it cannot read stop it: such a key is skipped
+ * (reported if it could have been an entry), and new ids start above every id in any key seen.
  *
  * When full (entries or bytes), the policy is: volatile messages only ever push out older
  * volatile messages; among flash entries the victim is the oldest of the least important
@@ -27,8 +31,9 @@
  */
 import type { KeyValueStore, Log, MqttTransport } from "./ports";
 import { KV_MAX_KEY, KV_MAX_VALUE } from "./ports";
-import { canonicalBytes, parseCanonical, type Json } from "./canonical";
+import type { Json } from "./canonical";
 import { readU32, utf8Decode, utf8Encode, writeU32 } from "./bytes";
+import { decodeRecord, encodeJsonRecord, encodeRecord as frameRecord, readJsonRecord, recordOverhead } from "./record";
 
 export type OutboxKind = "ring" | "snapshot" | "audit" | "status" | "report" | "other";
 
@@ -45,6 +50,8 @@ export interface OutboxEntry {
   kind?: OutboxKind;
   /** A drop report: the lifetime drop count it reports up to. */
   covers?: number;
+  /** A drop report: the count of unreadable ledgers it reports up to. */
+  coversUnreadable?: number;
 }
 
 export interface OutboxOptions {
@@ -81,19 +88,30 @@ export interface DropLedger {
   acked: number;
   /** Entry id of the last durable victim (finishes an eviction a power cut interrupted). */
   victim: number;
-  /** The last drops, oldest first: [seq, kind]. */
+  /** The last drops, oldest first: [seq, kind]; seq 0 when a damaged entry's number could not be read. */
   recent: Array<[number, OutboxKind]>;
+  /** Times this ledger was found unreadable at boot (what it counted before is gone), and of those, how many a report the broker acknowledged covered. */
+  unreadable: number;
+  unreadableAcked: number;
 }
 
 export const OUTBOX_PREFIX = "ob.";
 export const LEDGER_KEY = "ob-ledger";
 const RECENT_KEEP = 16;
-const VERSION = 1;
-const HEADER = 21;
+/** Record kinds in the frame. */
+const ENTRY_RECORD = "ob";
+const LEDGER_RECORD = "ob-ledger";
+/** Body header of an entry part: kind, part, parts, seq (8), covers (4), covers-unreadable (4), topic length. */
+const BODY_HEADER = 20;
+const FRAME = recordOverhead(ENTRY_RECORD);
 const KINDS: readonly OutboxKind[] = ["other", "status", "snapshot", "audit", "ring", "report"];
+/** The kind letter in an entry's key, by KINDS index. */
+const LETTERS = "otsarp";
+const ENTRY_KEY = /^ob\.([otsarp])([0-9a-z]{1,8})(?:\.([1-9][0-9]?))?$/;
 /** Eviction rank: lower goes first. Reports are never evicted (they sit outside the capacity). */
 const RANK: Readonly<Record<OutboxKind, number>> = { other: 0, status: 0, snapshot: 1, audit: 2, ring: 3, report: 9 };
-const MAX_ID = 36 ** 9 - 1;
+const MAX_ID = 36 ** 8 - 1;
+const freshLedger = (): DropLedger => ({ drops: 0, rings: 0, events: 0, acked: 0, victim: 0, recent: [], unreadable: 0, unreadableAcked: 0 });
 
 interface Item {
   entry: OutboxEntry;
@@ -111,14 +129,16 @@ export class Outbox {
   readonly maxDurableBytes: number;
   readonly volatileCapacity: number;
   readonly window: number;
-  readonly stats = { sent: 0, acked: 0, resent: 0, restored: 0, damaged: 0, writeFailures: 0, stalls: 0 };
+  readonly stats = { sent: 0, acked: 0, resent: 0, restored: 0, damaged: 0, unreadable: 0, strays: 0, writeFailures: 0, stalls: 0 };
   #queue: Item[] = [];
   #transport: MqttTransport;
   #log: Log;
   #store: KeyValueStore | undefined;
   #options: OutboxOptions;
-  #ledger: DropLedger = { drops: 0, rings: 0, events: 0, acked: 0, victim: 0, recent: [] };
+  #ledger: DropLedger = freshLedger();
   #nextId = 1;
+  /** Restore could not list the store: every new key is checked for an occupant before it is used. */
+  #blind = false;
   #generation = 0;
   #online = false;
   #stalled = false;
@@ -172,8 +192,13 @@ export class Outbox {
   /** Drops not yet covered by an acknowledged report or one waiting in the queue. */
   needsReport(): boolean {
     let covered = this.#ledger.acked;
-    for (const item of this.#queue) if (item.kind === "report") covered = Math.max(covered, item.entry.covers ?? 0);
-    return this.#ledger.drops > covered;
+    let coveredUnreadable = this.#ledger.unreadableAcked;
+    for (const item of this.#queue) {
+      if (item.kind !== "report") continue;
+      covered = Math.max(covered, item.entry.covers ?? 0);
+      coveredUnreadable = Math.max(coveredUnreadable, item.entry.coversUnreadable ?? 0);
+    }
+    return this.#ledger.drops > covered || this.#ledger.unreadable > coveredUnreadable;
   }
 
   /**
@@ -197,8 +222,9 @@ export class Outbox {
       if (store) {
         const record = encodeRecord(entry, kind);
         item.parts = record.length;
+        if (this.#blind) item.id = this.#unoccupiedId(store, item.id, kind, record.length);
         // Tails first, head last: the head's presence is what makes the entry exist.
-        for (let k = record.length - 1; k >= 0; k--) store.write(partKey(item.id, k), record[k]);
+        for (let k = record.length - 1; k >= 0; k--) store.write(partKey(item.id, k, kind), record[k]);
         item.stored = true;
       }
     } catch (e) {
@@ -255,11 +281,12 @@ export class Outbox {
     this.stats.acked++;
     if (item.stored && this.#store) {
       try {
-        if (item.kind === "report" && (item.entry.covers ?? 0) > this.#ledger.acked) {
+        const l = this.#ledger;
+        if (item.kind === "report" && ((item.entry.covers ?? 0) > l.acked || (item.entry.coversUnreadable ?? 0) > l.unreadableAcked)) {
           // The ledger first: a cut after it leaves a report that boot recognises as already acknowledged.
-          this.#saveLedger({ ...this.#ledger, acked: item.entry.covers ?? 0 });
+          this.#saveLedger({ ...l, acked: Math.max(l.acked, item.entry.covers ?? 0), unreadableAcked: Math.max(l.unreadableAcked, item.entry.coversUnreadable ?? 0) });
         }
-        this.#deleteEntry(item.id, item.parts);
+        this.#deleteEntry(item);
       } catch (e) {
         // It will be sent again after the next boot: a duplicate the consumer drops, never a loss.
         this.#log("warn", "outbox: could not delete an acknowledged entry", { seq: item.entry.seq, reason: String(e) });
@@ -321,7 +348,7 @@ export class Outbox {
       this.#recordDrop(victim, true);
       if (victim === item) return false;
       this.#queue.splice(this.#queue.indexOf(victim), 1);
-      if (victim.stored) this.#deleteEntry(victim.id, victim.parts);
+      if (victim.stored) this.#deleteEntry(victim);
     }
   }
 
@@ -329,6 +356,7 @@ export class Outbox {
   #recordDrop(victim: Item, durable: boolean): void {
     const l = this.#ledger;
     const next: DropLedger = {
+      ...l,
       drops: l.drops + 1,
       rings: l.rings + (victim.kind === "ring" ? 1 : 0),
       events: l.events + (durable ? 1 : 0),
@@ -353,7 +381,7 @@ export class Outbox {
   #retireReports(): void {
     for (const q of [...this.#queue]) {
       if (q.kind !== "report" || q.inFlight) continue;
-      if (q.stored) this.#deleteEntry(q.id, q.parts);
+      if (q.stored) this.#deleteEntry(q);
       this.#queue.splice(this.#queue.indexOf(q), 1);
     }
   }
@@ -365,119 +393,195 @@ export class Outbox {
     this.#ledger = next;
   }
 
-  #deleteEntry(id: number, parts: number): void {
+  #deleteEntry(item: Pick<Item, "id" | "parts" | "kind">): void {
     const store = this.#store!;
-    store.delete(partKey(id, 0));
-    for (let k = 1; k < parts; k++) store.delete(partKey(id, k));
+    store.delete(partKey(item.id, 0, item.kind));
+    for (let k = 1; k < item.parts; k++) store.delete(partKey(item.id, k, item.kind));
+  }
+
+  /** Without a listing, a key is used only if nothing is there (something unreadable counts as occupied). */
+  #unoccupiedId(store: KeyValueStore, id: number, kind: OutboxKind, parts: number): number {
+    for (let tries = 0; tries < 64; tries++, id = this.#nextId++) {
+      let free = true;
+      for (let k = 0; k < parts && free; k++) {
+        try {
+          free = store.read(partKey(id, k, kind)) === undefined;
+        } catch {
+          free = false;
+        }
+      }
+      if (free) return id;
+    }
+    throw new Error("outbox: no free key found");
+  }
+
+  /** Delete a key that is garbage; a key the store cannot delete is left for the next boot. */
+  #discard(store: KeyValueStore, key: string): void {
+    try {
+      store.delete(key);
+    } catch (e) {
+      this.#log("warn", "outbox: could not delete a key", { key: printable(key), reason: String((e as Error)?.message ?? e) });
+    }
   }
 
   /** Boot: finish what a power cut interrupted, drop garbage, load the entries in order. */
   #restore(store: KeyValueStore): void {
-    const ledger = readLedger(store.read(LEDGER_KEY));
-    if (ledger === "corrupt") this.#log("error", "outbox: drop ledger unreadable; counting from zero");
-    else this.#ledger = ledger;
-    const heads = new Map<number, string>();
+    const read = readLedger(store);
+    if (read === "unreadable") {
+      // The counts are gone and so is the victim: nothing is deleted on the ledger's word, and the loss is reported.
+      this.#log("error", "outbox: drop ledger unreadable; counting from zero and reporting it");
+      this.#ledger = { ...freshLedger(), unreadable: 1 };
+      try {
+        this.#saveLedger(this.#ledger);
+      } catch (e) {
+        this.#log("error", "outbox: could not rewrite the drop ledger", { reason: String(e) });
+      }
+    } else this.#ledger = read;
+    let keys: string[];
+    try {
+      keys = store.keys();
+    } catch (e) {
+      this.#blind = true;
+      this.#log("error", "outbox: cannot list flash; queued entries stay there for the next boot", { reason: String(e) });
+      return;
+    }
+    const heads = new Map<number, { key: string; kind: OutboxKind }>();
     const tails = new Map<number, Map<number, string>>();
+    const damaged: Array<{ seq: number; kind: OutboxKind }> = [];
     let maxId = this.#ledger.victim;
-    for (const key of store.keys()) {
-      if (!key.startsWith(OUTBOX_PREFIX)) continue;
-      const m = /^ob\.([0-9a-z]{1,9})(?:\.([1-9][0-9]?))?$/.exec(key);
+    for (const key of keys) {
+      if (typeof key !== "string" || !key.startsWith(OUTBOX_PREFIX)) continue;
+      const m = ENTRY_KEY.exec(key);
       if (!m) {
-        store.delete(key);
+        // Not a name this outbox writes (a stray copy, a name no store should hold, something foreign).
+        // It could have been an entry, so it is counted and reported, never silently lost; its digits
+        // still raise the next id so nothing new is written where it sits.
+        for (const run of key.slice(OUTBOX_PREFIX.length).match(/[0-9a-z]{1,8}/g) ?? []) maxId = Math.max(maxId, parseInt(run, 36));
+        this.stats.strays++;
+        damaged.push({ seq: 0, kind: "other" });
+        this.#log("error", "outbox: unrecognised key in the outbox's space", { key: printable(key) });
+        this.#discard(store, key);
         continue;
       }
-      const id = parseInt(m[1], 36);
+      const id = parseInt(m[2], 36);
       maxId = Math.max(maxId, id);
-      if (m[2] === undefined) heads.set(id, key);
-      else {
+      if (m[3] === undefined) {
+        const kind = KINDS[LETTERS.indexOf(m[1])];
+        const twin = heads.get(id);
+        if (twin) {
+          // Two heads with one id (not something this outbox writes): both are kept apart and reported.
+          damaged.push({ seq: 0, kind });
+          this.#log("error", "outbox: two entries share an id", { id, keys: `${twin.key} ${key}` });
+          this.#discard(store, key);
+          continue;
+        }
+        heads.set(id, { key, kind });
+      } else {
         if (!tails.has(id)) tails.set(id, new Map());
-        tails.get(id)!.set(Number(m[2]), key);
+        tails.get(id)!.set(Number(m[3]), key);
       }
     }
     this.#nextId = Math.min(maxId, MAX_ID - 1) + 1;
-    const damaged: Array<{ seq: number; kind: OutboxKind }> = [];
     const ids = [...heads.keys()].sort((a, b) => a - b);
     for (const id of ids) {
+      const { key, kind } = heads.get(id)!;
       const parts = tails.get(id) ?? new Map<number, string>();
       tails.delete(id);
       if (id === this.#ledger.victim) {
         // An eviction counted in the ledger but cut before the entry was deleted.
-        store.delete(heads.get(id)!);
-        for (const key of parts.values()) store.delete(key);
+        this.#discard(store, key);
+        for (const k of parts.values()) this.#discard(store, k);
         continue;
       }
-      const decoded = decodeEntry(store, id, parts);
+      const decoded = decodeEntry(store, key, kind, parts);
+      if (!decoded.ok && decoded.unreadable) {
+        // The store could not read it at all (an I/O error, something that is not a value): it is
+        // reported but left in place, untouched, in case a later boot can read it.
+        this.stats.unreadable++;
+        damaged.push({ seq: decoded.seq, kind });
+        this.#log("error", "outbox: entry unreadable; left in place", { id, kind, reason: decoded.reason });
+        continue;
+      }
       const used = decoded.ok ? decoded.parts : 0;
-      for (const [k, key] of parts) if (k >= used) store.delete(key);
+      for (const [k, tail] of parts) if (k >= used) this.#discard(store, tail);
       if (!decoded.ok) {
-        store.delete(heads.get(id)!);
+        this.#discard(store, key);
         this.stats.damaged++;
-        damaged.push({ seq: decoded.seq, kind: decoded.kind });
-        this.#log("error", "outbox: damaged entry discarded", { id, seq: decoded.seq, reason: decoded.reason });
+        const seq = decoded.seq || (guessFits(decoded.guess, id, this.#queue) ? decoded.guess : 0);
+        damaged.push({ seq, kind });
+        this.#log("error", "outbox: damaged entry discarded", { id, kind, seq, reason: decoded.reason });
         continue;
       }
-      const { entry, kind } = decoded;
-      if (kind === "report" && (entry.covers ?? 0) <= this.#ledger.acked) {
-        this.#deleteEntry(id, decoded.parts);
+      const { entry } = decoded;
+      if (kind === "report" && (entry.covers ?? 0) <= this.#ledger.acked && (entry.coversUnreadable ?? 0) <= this.#ledger.unreadableAcked) {
+        this.#discardEntry(store, id, decoded.parts, kind);
         continue;
       }
       this.#queue.push({ entry, kind, id, stored: true, parts: decoded.parts, inFlight: false });
       this.stats.restored++;
     }
     // Tails whose head never got written (cut mid-add) or was already deleted (cut mid-remove).
-    for (const parts of tails.values()) for (const key of parts.values()) store.delete(key);
+    for (const parts of tails.values()) for (const key of parts.values()) this.#discard(store, key);
     // Only the newest report matters: it covers every drop the older ones did.
     const reports = this.#queue.filter((q) => q.kind === "report");
     for (const old of reports.slice(0, -1)) {
-      this.#deleteEntry(old.id, old.parts);
+      this.#discardEntry(store, old.id, old.parts, old.kind);
       this.#queue.splice(this.#queue.indexOf(old), 1);
     }
     for (const d of damaged) this.#recordDrop({ entry: { topic: "", payload: new Uint8Array(0), seq: d.seq }, kind: d.kind, id: 0, stored: false, parts: 0, inFlight: false }, true);
     if (this.#queue.length) this.#log("info", "outbox: entries restored from flash", { entries: this.#queue.length, first: this.#queue[0].entry.seq });
     // A smaller capacity than the one these were written under.
     const restored = this.#queue.filter((q) => q.kind !== "report");
-    this.#queue = this.#queue.filter((q) => q.kind === "report");
-    const reportsLeft = this.#queue;
+    const reportsLeft = this.#queue.filter((q) => q.kind === "report");
     this.#queue = [];
     for (const q of restored) {
       if (this.#makeRoomDurable(q)) this.#queue.push(q);
-      else this.#deleteEntry(q.id, q.parts);
+      else this.#discardEntry(store, q.id, q.parts, q.kind);
     }
     for (const r of reportsLeft) this.#queue.push(r);
     this.#queue.sort((a, b) => a.id - b.id);
   }
+
+  #discardEntry(store: KeyValueStore, id: number, parts: number, kind: OutboxKind): void {
+    this.#discard(store, partKey(id, 0, kind));
+    for (let k = 1; k < parts; k++) this.#discard(store, partKey(id, k, kind));
+  }
+}
+
+/**
+ * A damaged head's seq is believed only if it is above every entry loaded before it: ids
+ * follow the order entries were added in, and so do their sequence numbers.
+ */
+function guessFits(guess: number, id: number, loaded: Item[]): boolean {
+  if (!(guess > 0)) return false;
+  for (const q of loaded) if (q.id < id && q.entry.seq >= guess) return false;
+  return true;
+}
+
+/** A key as it may be logged: printable ASCII, bounded. */
+function printable(key: string): string {
+  return key.slice(0, 40).replace(/[^\x20-\x7e]/g, "?");
 }
 
 // ---------------------------------------------------------------- records
 
-export function partKey(id: number, part: number): string {
-  const key = OUTBOX_PREFIX + id.toString(36) + (part ? `.${part}` : "");
+export function partKey(id: number, part: number, kind: OutboxKind): string {
+  const key = OUTBOX_PREFIX + LETTERS[KINDS.indexOf(kind)] + id.toString(36) + (part ? `.${part}` : "");
   if (key.length > KV_MAX_KEY) throw new RangeError("outbox: key too long");
   return key;
 }
 
-/** FNV-1a, 32 bits: catches a damaged value (the store promises atomic writes, not eternal bits). */
-function fnv(bytes: Uint8Array, from: number, seed = 0x811c9dc5): number {
-  let h = seed;
-  for (let i = from; i < bytes.length; i++) h = Math.imul(h ^ bytes[i], 0x01000193) >>> 0;
-  return h >>> 0;
-}
-
-function checksum(record: Uint8Array): number {
-  const head = record.subarray(0, 16);
-  return fnv(record, HEADER - 1, fnv(head, 0));
-}
-
-/** An entry as one or more KV values of at most KV_MAX_VALUE bytes. */
+/** An entry as one or more KV values of at most KV_MAX_VALUE bytes, each a self-checking record. */
 export function encodeRecord(entry: OutboxEntry, kind: OutboxKind): Uint8Array[] {
   const topic = utf8Encode(entry.topic);
   if (topic.length > 255) throw new RangeError("outbox: topic too long to store");
   if (!Number.isSafeInteger(entry.seq) || entry.seq < 0) throw new RangeError("outbox: bad seq");
   const covers = entry.covers ?? 0;
-  if (!Number.isInteger(covers) || covers < 0 || covers > 0xffffffff) throw new RangeError("outbox: bad covers");
+  const coversUnreadable = entry.coversUnreadable ?? 0;
+  for (const c of [covers, coversUnreadable]) if (!Number.isInteger(c) || c < 0 || c > 0xffffffff) throw new RangeError("outbox: bad covers");
   const payload = entry.payload;
-  const firstRoom = KV_MAX_VALUE - HEADER - topic.length;
-  const room = KV_MAX_VALUE - HEADER;
+  const room = KV_MAX_VALUE - FRAME - BODY_HEADER;
+  const firstRoom = room - topic.length;
   const parts = payload.length <= firstRoom ? 1 : 1 + Math.ceil((payload.length - firstRoom) / room);
   if (parts > 99) throw new RangeError("outbox: entry too large to store");
   const out: Uint8Array[] = [];
@@ -485,57 +589,99 @@ export function encodeRecord(entry: OutboxEntry, kind: OutboxKind): Uint8Array[]
   for (let k = 0; k < parts; k++) {
     const t = k === 0 ? topic : new Uint8Array(0);
     const take = Math.min(payload.length - offset, k === 0 ? firstRoom : room);
-    const r = new Uint8Array(HEADER + t.length + take);
-    r[0] = VERSION;
-    r[1] = KINDS.indexOf(kind);
-    r[2] = k;
-    r[3] = parts;
-    writeU32(r, 4, Math.floor(entry.seq / 0x100000000));
-    writeU32(r, 8, entry.seq >>> 0);
-    writeU32(r, 12, covers);
-    r[20] = t.length;
-    r.set(t, HEADER);
-    r.set(payload.subarray(offset, offset + take), HEADER + t.length);
+    const b = new Uint8Array(BODY_HEADER + t.length + take);
+    b[0] = KINDS.indexOf(kind);
+    b[1] = k;
+    b[2] = parts;
+    writeU32(b, 3, Math.floor(entry.seq / 0x100000000));
+    writeU32(b, 7, entry.seq >>> 0);
+    writeU32(b, 11, covers);
+    writeU32(b, 15, coversUnreadable);
+    b[19] = t.length;
+    b.set(t, BODY_HEADER);
+    b.set(payload.subarray(offset, offset + take), BODY_HEADER + t.length);
     offset += take;
-    writeU32(r, 16, checksum(r));
-    out.push(r);
+    out.push(frameRecord(ENTRY_RECORD, b));
   }
   return out;
 }
 
 type Decoded =
-  | { ok: true; entry: OutboxEntry; kind: OutboxKind; parts: number }
-  | { ok: false; seq: number; kind: OutboxKind; reason: string };
+  | { ok: true; entry: OutboxEntry; parts: number }
+  /** seq is from an intact part; guess is what a damaged head says (unverified); unreadable: the store could not read the head at all. */
+  | { ok: false; seq: number; guess: number; unreadable: boolean; reason: string };
 
-function decodeEntry(store: KeyValueStore, id: number, tails: Map<number, string>): Decoded {
-  let seq = 0;
-  let kind: OutboxKind = "other";
-  const fail = (reason: string): Decoded => ({ ok: false, seq, kind, reason });
-  const head = store.read(partKey(id, 0));
-  if (!head || head.length < HEADER) return fail("head missing or short");
-  if (head[1] < KINDS.length) kind = KINDS[head[1]];
-  seq = readU32(head, 4) * 0x100000000 + readU32(head, 8);
-  if (head[0] !== VERSION) return fail("unknown record version");
-  if (readU32(head, 16) !== checksum(head)) return fail("checksum mismatch");
-  if (head[1] >= KINDS.length || head[2] !== 0 || head[3] < 1) return fail("bad header");
-  const parts = head[3];
-  const topicLength = head[20];
-  if (HEADER + topicLength > head.length) return fail("bad topic length");
+/** The seq a damaged head still shows, if its frame is legible and its body names the same kind. Unverified. */
+function legibleSeq(raw: Uint8Array, kind: OutboxKind): number {
+  const at = FRAME - 4;
+  if (raw.length < at + BODY_HEADER || raw[at] !== KINDS.indexOf(kind) || raw[at + 1] !== 0) return 0;
+  const seq = partSeq(raw.subarray(at));
+  return Number.isSafeInteger(seq) ? seq : 0;
+}
+
+function partSeq(b: Uint8Array): number {
+  return readU32(b, 3) * 0x100000000 + readU32(b, 7);
+}
+
+/** Read one entry. The kind comes from its key; a damaged head's seq is taken from an intact tail if there is one. */
+function decodeEntry(store: KeyValueStore, headKey: string, kind: OutboxKind, tails: Map<number, string>): Decoded {
+  const bodies = new Map<number, Uint8Array>();
+  let guess = 0;
+  let unreadable = false;
+  const readPart = (key: string, k: number): Uint8Array | string => {
+    let raw: Uint8Array | undefined;
+    try {
+      raw = store.read(key);
+    } catch (e) {
+      if (k === 0) unreadable = true;
+      return `part ${k} unreadable: ${String((e as Error)?.message ?? e)}`;
+    }
+    const r = decodeRecord(raw, ENTRY_RECORD);
+    if (k === 0 && r.state === "damaged" && r.kind === ENTRY_RECORD && raw) guess = legibleSeq(raw, kind);
+    if (r.state === "missing") return `part ${k} missing`;
+    if (r.state === "damaged") return `part ${k}: ${r.reason}`;
+    const b = r.body;
+    if (b.length < BODY_HEADER || b[0] !== KINDS.indexOf(kind) || b[1] !== k || b[2] < 1 || (k > 0 && b[19] !== 0)) return `part ${k}: bad header`;
+    bodies.set(k, b);
+    return b;
+  };
+  const fail = (reason: string): Decoded => {
+    // What the entry was, as far as can be known: any intact part of it names its sequence number.
+    let seq = 0;
+    for (const b of bodies.values()) seq = partSeq(b);
+    if (!seq) {
+      for (const [k, key] of tails) {
+        if (bodies.has(k)) continue;
+        const b = readPart(key, k);
+        if (typeof b !== "string") {
+          seq = partSeq(b);
+          break;
+        }
+      }
+    }
+    return { ok: false, seq, guess, unreadable, reason };
+  };
+  const head = readPart(headKey, 0);
+  if (typeof head === "string") return fail(head);
+  const parts = head[2];
+  const topicLength = head[19];
+  if (BODY_HEADER + topicLength > head.length) return fail("bad topic length");
   let topic: string;
   try {
-    topic = utf8Decode(head.subarray(HEADER, HEADER + topicLength));
+    topic = utf8Decode(head.subarray(BODY_HEADER, BODY_HEADER + topicLength));
   } catch {
     return fail("topic is not UTF-8");
   }
-  const chunks: Uint8Array[] = [head.subarray(HEADER + topicLength)];
+  const seq = partSeq(head);
+  const chunks: Uint8Array[] = [head.subarray(BODY_HEADER + topicLength)];
   let total = chunks[0].length;
   for (let k = 1; k < parts; k++) {
     const key = tails.get(k);
-    const r = key ? store.read(key) : undefined;
-    if (!r || r.length < HEADER) return fail(`part ${k} missing`);
-    if (r[0] !== VERSION || r[2] !== k || r[3] !== parts || r[20] !== 0 || readU32(r, 16) !== checksum(r)) return fail(`part ${k} damaged`);
-    if (readU32(r, 4) !== readU32(head, 4) || readU32(r, 8) !== readU32(head, 8)) return fail(`part ${k} belongs to another entry`);
-    chunks.push(r.subarray(HEADER));
+    if (!key) return fail(`part ${k} missing`);
+    const r = readPart(key, k);
+    if (typeof r === "string") return fail(r);
+    if (r[2] !== parts || partSeq(r) !== seq) return fail(`part ${k} belongs to another entry`);
+    chunks.push(r.subarray(BODY_HEADER));
     total += chunks[k].length;
   }
   const payload = new Uint8Array(total);
@@ -544,35 +690,36 @@ function decodeEntry(store: KeyValueStore, id: number, tails: Map<number, string
     payload.set(c, o);
     o += c.length;
   }
-  const covers = readU32(head, 12);
-  const entry: OutboxEntry = { topic, payload, seq, durable: true, kind, ...(kind === "report" ? { covers } : {}) };
-  return { ok: true, entry, kind, parts };
+  const covers = readU32(head, 11);
+  const coversUnreadable = readU32(head, 15);
+  const entry: OutboxEntry = { topic, payload, seq, durable: true, kind, ...(kind === "report" ? { covers, coversUnreadable } : {}) };
+  return { ok: true, entry, parts };
 }
 
 function ledgerBytes(l: DropLedger): Uint8Array {
-  const doc: Json = { acked: l.acked, drops: l.drops, events: l.events, recent: l.recent.map(([s, k]) => [s, k]), rings: l.rings, v: 1, victim: l.victim };
-  return canonicalBytes(doc);
+  const doc: Json = {
+    acked: l.acked, drops: l.drops, events: l.events, recent: l.recent.map(([s, k]) => [s, k]), rings: l.rings,
+    unreadable: l.unreadable, unreadableAcked: l.unreadableAcked, v: 2, victim: l.victim,
+  };
+  return encodeJsonRecord(LEDGER_RECORD, doc);
 }
 
 function isCount(v: unknown): v is number {
   return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 }
 
-function readLedger(raw: Uint8Array | undefined): DropLedger | "corrupt" {
-  if (raw === undefined) return { drops: 0, rings: 0, events: 0, acked: 0, victim: 0, recent: [] };
-  let doc: Json;
-  try {
-    doc = parseCanonical(raw, KV_MAX_VALUE);
-  } catch {
-    return "corrupt";
-  }
-  if (typeof doc !== "object" || doc === null || Array.isArray(doc) || doc.v !== 1) return "corrupt";
-  const { acked, drops, events, rings, victim, recent } = doc;
-  if (!isCount(acked) || !isCount(drops) || !isCount(events) || !isCount(rings) || !isCount(victim) || !Array.isArray(recent)) return "corrupt";
+function readLedger(store: KeyValueStore): DropLedger | "unreadable" {
+  const read = readJsonRecord(store, LEDGER_KEY, LEDGER_RECORD);
+  if (read.state === "missing") return freshLedger();
+  if (read.state === "damaged") return "unreadable";
+  const doc = read.value;
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc) || doc.v !== 2) return "unreadable";
+  const { acked, drops, events, rings, victim, recent, unreadable, unreadableAcked } = doc;
+  if (!isCount(acked) || !isCount(drops) || !isCount(events) || !isCount(rings) || !isCount(victim) || !isCount(unreadable) || !isCount(unreadableAcked) || !Array.isArray(recent)) return "unreadable";
   const list: Array<[number, OutboxKind]> = [];
   for (const r of recent) {
-    if (!Array.isArray(r) || r.length !== 2 || !isCount(r[0]) || typeof r[1] !== "string" || !KINDS.includes(r[1] as OutboxKind)) return "corrupt";
+    if (!Array.isArray(r) || r.length !== 2 || !isCount(r[0]) || typeof r[1] !== "string" || !KINDS.includes(r[1] as OutboxKind)) return "unreadable";
     list.push([r[0], r[1] as OutboxKind]);
   }
-  return { acked, drops, events, rings, victim, recent: list };
+  return { acked, drops, events, rings, victim, recent: list, unreadable, unreadableAcked };
 }
