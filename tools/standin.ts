@@ -27,6 +27,12 @@
  * - Optional requireSni: AWS refuses connections without SNI. Off by default because
  *   a client connecting to 127.0.0.1 sends none unless given servername: "localhost".
  *
+ * - A browser cannot present a client certificate in practice, so the WebSocket
+ *   listener (./standin/wss.ts) hands over connections that name themselves with an
+ *   app token instead; the same client ID, policy and limit checks then apply.
+ * - Lifecycle events, as AWS publishes them: $aws/events/presence/connected/<clientId>
+ *   and .../disconnected/<clientId> for every thing (not retained; AWS's are not).
+ *
  * Every refusal is counted in `stats`, kept in `stats.refusals` and emitted as
  * "refused", so tests can assert why something failed, not just that it did.
  */
@@ -34,13 +40,14 @@
 import { EventEmitter } from "node:events";
 import { X509Certificate } from "node:crypto";
 import net from "node:net";
+import type { Duplex } from "node:stream";
 import path from "node:path";
 import tls from "node:tls";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Aedes } from "aedes";
 import type { AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from "aedes";
 import { ensureDevPki, issueThingCredentials, roleOfSubject, type Credentials, type DevPki } from "./pki";
-import { mayPublish, maySubscribe, type Identity } from "./standin/policy";
+import { mayPublish, maySubscribe, PRESENCE_PREFIX, type Identity } from "./standin/policy";
 
 export type { Identity } from "./standin/policy";
 
@@ -65,6 +72,8 @@ export type RefusalReason =
   | "client-id-mismatch"
   | "client-id-too-long"
   | "connect-throttled"
+  | "token-missing"
+  | "token-invalid"
   // publish / subscribe
   | "topic-not-allowed"
   | "topic-too-deep"
@@ -152,7 +161,24 @@ export interface MqttTlsOptions {
 
 interface Session {
   identity: Identity;
+  /** The client certificate's, or "token:<user>" for an app. */
   fingerprint256: string;
+}
+
+/**
+ * How a connection handed over by another listener proves who it is: called with
+ * the CONNECT's client ID, username and password; returns the identity (and what
+ * stands for its certificate fingerprint) or why it is refused.
+ */
+export type StreamAuthenticator = (
+  clientId: string,
+  username: string | undefined,
+  password: Buffer | undefined,
+) => { identity: Identity; fingerprint256: string } | { reason: RefusalReason; detail: string };
+
+/** An app's MQTT client ID: app:<thing>:<user>, optionally :<suffix> for several tabs. */
+export function appClientIdBase(thing: string, user: string): string {
+  return `app:${thing}:${user}`;
 }
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -206,6 +232,7 @@ export class Standin extends EventEmitter {
   #broker: Aedes;
   #sockets = new Set<net.Socket>();
   #sessions = new WeakMap<Client, Session>();
+  #streamAuth = new WeakMap<object, StreamAuthenticator>();
   #lastConnect = new Map<string, number>();
   #revoked = new Set<string>();
   #closed = false;
@@ -283,6 +310,24 @@ export class Standin extends EventEmitter {
       protocolVersion: 4,
       ...overrides,
     };
+  }
+
+  /**
+   * Take a connection that another listener accepted (the WebSocket one): its
+   * identity comes from `authenticate` at CONNECT instead of a TLS peer certificate.
+   */
+  handleStream(stream: Duplex, authenticate: StreamAuthenticator): void {
+    if (this.#closed) {
+      stream.destroy();
+      return;
+    }
+    this.#streamAuth.set(stream, authenticate);
+    this.#broker.handle(stream);
+  }
+
+  /** Record a refusal made by another listener (e.g. a WebSocket upgrade refused). */
+  refuse(r: Omit<Refusal, "at">): void {
+    this.#refuse(r);
   }
 
   /** Connected sessions: client ID and identity. */
@@ -382,6 +427,13 @@ export class Standin extends EventEmitter {
     this.emit("refused", refusal);
   }
 
+  /** AWS's lifecycle event, with the members an app needs (AWS adds more: principalIdentifier, sessionIdentifier, ...). */
+  #presence(eventType: "connected" | "disconnected", clientId: string): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    const body = { clientId, timestamp: Date.now(), eventType, versionNumber: 0 };
+    return this.publish(`${PRESENCE_PREFIX}/${eventType}/${clientId}`, JSON.stringify(body), { qos: 1 }).catch(() => {});
+  }
+
   #onSecureConnection(socket: tls.TLSSocket): void {
     socket.on("error", () => {}); // errors after handoff are aedes's; before it, a refused socket may still report a reset
     if (this.#closed) {
@@ -411,23 +463,40 @@ export class Standin extends EventEmitter {
     const broker = this.#broker;
     const opts = this.#options;
 
-    broker.authenticate = (client, _username, _password, done) => {
-      const socket = client.conn as tls.TLSSocket;
-      const cert = socket.getPeerCertificate();
-      const { role, name } = roleOfSubject(cert?.subject as { OU?: string; CN?: string } | undefined);
+    broker.authenticate = (client, username, password, done) => {
       const clientId = client.id;
-      if ((role !== "thing" && role !== "service") || !name) {
-        this.#refuse({ stage: "connect", reason: "unknown-role", clientId, detail: `certificate OU/CN not a thing or service` });
-        return done(connackError("unknown-role", 5), false);
+      let identity: Identity;
+      let fingerprint256: string;
+      const external = this.#streamAuth.get(client.conn);
+      if (external) {
+        const verdict = external(clientId, username, password);
+        if ("reason" in verdict) {
+          this.#refuse({ stage: "connect", reason: verdict.reason, clientId, detail: verdict.detail });
+          return done(connackError(verdict.reason, 5), false);
+        }
+        ({ identity, fingerprint256 } = verdict);
+      } else {
+        const socket = client.conn as tls.TLSSocket;
+        const cert = socket.getPeerCertificate();
+        const { role, name } = roleOfSubject(cert?.subject as { OU?: string; CN?: string } | undefined);
+        if ((role !== "thing" && role !== "service") || !name) {
+          this.#refuse({ stage: "connect", reason: "unknown-role", clientId, detail: `certificate OU/CN not a thing or service` });
+          return done(connackError("unknown-role", 5), false);
+        }
+        identity = { role, name };
+        fingerprint256 = cert.fingerprint256;
       }
-      const identity: Identity = { role, name };
+      const { role, name } = identity;
       if (Buffer.byteLength(clientId) > MAX_CLIENT_ID_BYTES) {
         this.#refuse({ stage: "connect", reason: "client-id-too-long", clientId, identity, detail: `${Buffer.byteLength(clientId)} bytes` });
         return done(connackError("client-id-too-long", 2), false);
       }
-      const idMatches = role === "thing" ? clientId === name : clientId === name || clientId.startsWith(`${name}-`);
+      const appBase = role === "app" ? appClientIdBase(identity.thing ?? "", name) : "";
+      const idMatches = role === "thing" ? clientId === name
+        : role === "app" ? clientId === appBase || clientId.startsWith(`${appBase}:`)
+        : clientId === name || clientId.startsWith(`${name}-`);
       if (!idMatches) {
-        this.#refuse({ stage: "connect", reason: "client-id-mismatch", clientId, identity, detail: `certificate CN is ${name}` });
+        this.#refuse({ stage: "connect", reason: "client-id-mismatch", clientId, identity, detail: role === "app" ? `an app's client ID is ${appBase}[:suffix]` : `certificate CN is ${name}` });
         return done(connackError("client-id-mismatch", 5), false);
       }
       const now = Date.now();
@@ -437,7 +506,7 @@ export class Standin extends EventEmitter {
         return done(connackError("connect-throttled", 3), false);
       }
       this.#lastConnect.set(clientId, now);
-      this.#sessions.set(client, { identity, fingerprint256: cert.fingerprint256 });
+      this.#sessions.set(client, { identity, fingerprint256 });
       done(null, true);
     };
 
@@ -492,6 +561,7 @@ export class Standin extends EventEmitter {
       this.stats.connectionsAccepted++;
       opts.log?.(`connected ${client.id} (${session.identity.role} ${session.identity.name})`);
       this.emit("accepted", { clientId: client.id, identity: session.identity });
+      if (session.identity.role === "thing") void this.#presence("connected", client.id);
     });
 
     broker.on("clientDisconnect", (client: Client) => {
@@ -499,6 +569,7 @@ export class Standin extends EventEmitter {
       if (!session) return;
       opts.log?.(`disconnected ${client.id}`);
       this.emit("disconnected", { clientId: client.id, identity: session.identity });
+      if (session.identity.role === "thing") void this.#presence("disconnected", client.id);
     });
 
     broker.on("publish", (packet: AedesPublishPacket, client: Client | null) => {

@@ -9,20 +9,37 @@
  * thing's commands and $aws/things/<thing>/... topics. Kept free of the broker so
  * the rules can be read and tested on their own.
  *
+ * An app identity (an owner's or shared user's browser, which presents a token
+ * rather than a certificate: see ./wss) is bound to one thing and one user: it
+ * may send that thing commands, read its events, snapshots and replies, hear its
+ * presence, and answer an invitation under its own user id; only the owner's
+ * app may read the answers. Everything it reads is signed or sealed end to end,
+ * so the policy limits exposure, not trust.
+ *
  * Wildcards cannot escape a thing's subtree because the thing-name level must be
  * the literal thing name, and a thing name can never contain + or #.
  */
 
 import { isThingName, TOPIC_ROOT } from "../../modules/core/topics";
 
-export type Role = "thing" | "service";
+export type Role = "thing" | "service" | "app";
 
-/** Who is on the other end of a connection, as read from its client certificate. */
+/** Who is on the other end of a connection, as read from its client certificate or app token. */
 export interface Identity {
   role: Role;
-  /** The certificate's CN: the thing name, or the service's name. */
+  /** The certificate's CN (the thing name, or the service's name), or an app's user id. */
   name: string;
+  /** For an app: the one thing it may reach. */
+  thing?: string;
+  /** For an app: whether it is the owner's (reads invitation answers). */
+  owner?: boolean;
 }
+
+/** Where a guest's browser answers an invitation: doorward/<thing>/invites/<user>. */
+export const INVITES_KIND = "invites";
+
+/** AWS IoT lifecycle events: $aws/events/presence/{connected,disconnected}/<clientId>. */
+export const PRESENCE_PREFIX = "$aws/events/presence";
 
 /** AWS: "The topic in a publish or subscribe request can be no larger than 7 forward slashes". */
 export const MAX_TOPIC_SLASHES = 7;
@@ -71,10 +88,27 @@ function awsThingTopic(levels: string[], allowWildcards: boolean): boolean {
   return levels.length >= 5 && (AWS_FEATURES.has(feature) || (allowWildcards && feature === "+"));
 }
 
+function appMayPublish(who: Identity, levels: string[]): boolean {
+  if (levels[0] !== TOPIC_ROOT || levels[1] !== who.thing) return false;
+  if (levels.length === 3) return levels[2] === "commands";
+  return levels.length === 4 && levels[2] === INVITES_KIND && levels[3] === who.name;
+}
+
+function appMaySubscribe(who: Identity, levels: string[]): boolean {
+  if (levels[0] === TOPIC_ROOT && levels[1] === who.thing) {
+    if (levels.length === 3) return FAN_IN_KINDS.has(levels[2]);
+    return who.owner === true && levels.length === 4 && levels[2] === INVITES_KIND && levels[3] === "+";
+  }
+  const presence = PRESENCE_PREFIX.split("/");
+  return levels.length === 5 && levels[0] === presence[0] && levels[1] === presence[1] && levels[2] === presence[2]
+    && (levels[3] === "+" || levels[3] === "connected" || levels[3] === "disconnected") && levels[4] === who.thing;
+}
+
 export function mayPublish(who: Identity, topic: string): PolicyVerdict {
   if (topic.length === 0 || topic.includes("+") || topic.includes("#")) return { ok: false, reason: "malformed-topic" };
   if (slashes(topic) > MAX_TOPIC_SLASHES) return { ok: false, reason: "topic-too-deep" };
   const levels = topic.split("/");
+  if (who.role === "app") return isThingName(who.thing) && appMayPublish(who, levels) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
   if (who.role === "thing") return ownSubtree(levels, who.name) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
   // Service: commands to any one thing, and AWS-feature topics (e.g. playing the Jobs service in tests).
   if (levels[0] === TOPIC_ROOT && levels.length === 3 && isThingName(levels[1]) && levels[2] === "commands") return ALLOW;
@@ -87,6 +121,7 @@ export function maySubscribe(who: Identity, filter: string): PolicyVerdict {
   if (slashes(filter) > MAX_TOPIC_SLASHES) return { ok: false, reason: "topic-too-deep" };
   const levels = filter.split("/");
   if (!wellFormedFilter(levels)) return { ok: false, reason: "malformed-topic" };
+  if (who.role === "app") return isThingName(who.thing) && appMaySubscribe(who, levels) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
   if (who.role === "thing") return ownSubtree(levels, who.name) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
   if (levels[0] === TOPIC_ROOT && levels.length === 3 && (levels[1] === "+" || isThingName(levels[1])) && FAN_IN_KINDS.has(levels[2])) {
     return ALLOW;
