@@ -64,7 +64,9 @@ export function openSimulatedDevice(options: { home: string; thing: string; log:
   const paths = devicePaths(options.home, options.thing);
   const keys = openKeyFile(paths.keyFile, { warn: options.warn });
   const vault = Vault.open({ store: new FileStore(paths.vaultDir), keys, random: hostRandom, log: options.log });
-  return { vault, provisioning: new Provisioning({ vault, random: hostRandom, log: options.log }), paths };
+  // The firmware's other flash too, so a reset erases the outbox and counters with the secrets.
+  const store = new FileStore(paths.nvsDir);
+  return { vault, provisioning: new Provisioning({ vault, random: hostRandom, log: options.log, store }), paths };
 }
 
 // ------------------------------------------------------------------ CLI plumbing
@@ -385,7 +387,7 @@ function status(p: Parsed, home: string, io: CliIo): number {
 function reset(p: Parsed, home: string, io: CliIo): number {
   allowOnly(p, ["--thing", "--yes"]);
   const thing = need(p, "--thing");
-  if (!p.flags.has("--yes")) throw new UsageError(`reset erases every secret of ${thing} (Wi-Fi, keys, certificates): add --yes to confirm`);
+  if (!p.flags.has("--yes")) throw new UsageError(`reset erases every secret of ${thing} (Wi-Fi, keys, certificates) and everything it wrote (queued events, counters): add --yes to confirm`);
   const device = openSimulatedDevice({ home, thing, log: deviceLog(io), warn: io.err });
   const count = device.vault.list().length + device.vault.status().damaged.length;
   device.provisioning.factoryReset();

@@ -91,7 +91,8 @@ export interface WaitingFirmware {
 export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFirmware {
   const { log } = ports;
   const vault = Vault.open({ store: ports.vaultStore, keys: ports.keys, random: ports.random, log, sha512: ports.sha512 });
-  const provisioning = new Provisioning({ vault, random: ports.random, log });
+  // Before anything reads the store: an interrupted factory reset is finished here.
+  const provisioning = new Provisioning({ vault, random: ports.random, log, store: ports.store });
   const status = provisioning.status();
   if (!status.provisioned) {
     log(status.state === "damaged" ? "error" : "warn", status.message, { state: status.state });

@@ -17,12 +17,21 @@
  * (tampering, flash corruption, another key), the device reports itself
  * unprovisioned, says which secret and why, and accepts a bundle again.
  *
+ * A factory reset erases everything the firmware wrote: the vault, and every
+ * record in the other flash store (outbox, boot and sequence counters, replay
+ * marks, update job state) except the update anti-rollback records, which
+ * belong to the chip rather than its owner (erasing them would let a reset
+ * undo a downgrade guard or a release-key rotation). A mark written first
+ * makes it all-or-nothing: a reset cut short by power loss is finished when
+ * the device next boots, before anything reads the store.
+ *
  * There are no defaults to fall back on: every field must be present and
  * valid, and a Wi-Fi passphrase is required (WPA2/WPA3 personal, 8-63
  * characters or 64 hex digits).
  */
 import nacl from "tweetnacl";
-import type { Log, Random } from "./ports";
+import type { KeyValueStore, Log, Random } from "./ports";
+import { UPDATE_KV } from "./update-protocol";
 import { fromBase64Url, toBase64Url, utf8Decode, utf8Encode, wipe } from "./bytes";
 import { isThingName } from "./topics";
 import { isUsableBoxKey } from "./access";
@@ -49,6 +58,11 @@ export const IDENTITY_SECRETS: readonly string[] = [
   SECRET.thing, SECRET.wifiSsid, SECRET.wifiPassword, SECRET.endpoint, SECRET.cert, SECRET.key, SECRET.ca,
   SECRET.seed, SECRET.publicKey, SECRET.owner, SECRET.marker,
 ];
+
+/** In the firmware's store while a factory reset is under way. */
+export const RESET_MARK = "dw.reset";
+/** Records a factory reset leaves in the firmware's store: the update anti-rollback state. */
+export const FACTORY_RESET_KEEPS: readonly string[] = [UPDATE_KV.floor, UPDATE_KV.keys];
 
 export const BUNDLE_KIND = "doorward-provisioning";
 export const BUNDLE_VERSION = 1;
@@ -110,17 +124,28 @@ export interface ProvisioningOptions {
   vault: Vault;
   random: Random;
   log?: Log;
+  /**
+   * The firmware's other flash (outbox, counters, replay marks). With it, a
+   * factory reset erases that too, and an interrupted one is finished here.
+   */
+  store?: KeyValueStore;
 }
 
 export class Provisioning {
   #vault: Vault;
   #random: Random;
   #log: Log;
+  #store: KeyValueStore | undefined;
 
   constructor(options: ProvisioningOptions) {
     this.#vault = options.vault;
     this.#random = options.random;
     this.#log = options.log ?? (() => {});
+    this.#store = options.store;
+    if (this.#store?.read(RESET_MARK) !== undefined) {
+      this.#log("warn", "factory reset: finishing one cut short by power loss");
+      this.#finishReset();
+    }
   }
 
   status(): ProvisioningStatus {
@@ -211,10 +236,30 @@ export class Provisioning {
     }
   }
 
-  /** Wipe every secret. The next boot is unprovisioned and makes a new device key at the next bundle. */
+  /**
+   * Erase every secret and everything else the firmware wrote (see the module
+   * comment for the two records kept). The next boot is unprovisioned, starts
+   * its counters again, and makes a new device key at the next bundle.
+   */
   factoryReset(): void {
+    this.#store?.write(RESET_MARK, Uint8Array.of(1));
+    const erased = this.#finishReset();
+    this.#log("warn", "factory reset: every secret and every record the firmware wrote erased", { records: erased });
+  }
+
+  #finishReset(): number {
     this.#vault.wipeAll();
-    this.#log("warn", "factory reset: every secret wiped");
+    const store = this.#store;
+    if (!store) return 0;
+    let erased = 0;
+    for (const key of store.keys()) {
+      if (key === RESET_MARK || FACTORY_RESET_KEEPS.indexOf(key) >= 0) continue;
+      store.delete(key);
+      erased++;
+    }
+    // Last: until this delete, the next boot finishes the reset.
+    store.delete(RESET_MARK);
+    return erased;
   }
 
   /** Keep an intact device key across re-provisioning (so the cloud registration stays valid); make one otherwise. */
