@@ -20,16 +20,31 @@ import { measureXsRing, esp32Ms } from "./bench/xs-ring";
 import { measureCommandCosts } from "./bench/xs-commands";
 import { measureSnapshotCosts, FRAME, CHUNK_SIZES } from "./bench/xs-snapshot";
 import { startXsCore } from "./xs/core";
+import { runAsEntry, type Parsed } from "./lib/cli";
 
-const quick = process.argv.includes("--quick");
-const out = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1] : "bench-results.json";
+const CLI = {
+  name: "bench",
+  usage: `usage: npm run bench -- [--quick] [--out FILE]
+
+Measures the figures in the README's performance table on this machine and prints them:
+XS meter units and (with valgrind) callgrind instruction counts on the real XS engine,
+modelled onto an ESP32-S3, and loopback latencies against the local stand-in.
+Takes about 5 minutes; exits non-zero only if a measurement fails to run.
+
+  --quick        fewer presses and rings, no callgrind (about a minute)
+  --out FILE     where the JSON results go (default bench-results.json)
+  -h, --help     this text`,
+  options: { quick: { type: "boolean" }, out: { type: "string" } },
+} as const;
 
 const fmtM = (n: number) => (n / 1e6).toFixed(2) + " M";
 const fmtMs = (n: number) => n.toFixed(2) + " ms";
 const rows: string[][] = [];
 const row = (...cells: string[]) => rows.push(cells);
 
-async function main(): Promise<void> {
+async function main(args: Parsed<typeof CLI.options>): Promise<number> {
+  const quick = args.values.quick ?? false;
+  const out = args.values.out ?? "bench-results.json";
   const started = Date.now();
   const xs = await measureXsRing({ heapRings: quick ? 100 : 1000, callgrind: !quick });
   const latency = await measureLatency(quick ? 200 : 1000);
@@ -69,9 +84,7 @@ async function main(): Promise<void> {
   const results = { date: new Date().toISOString(), quick, seconds: (Date.now() - started) / 1000, xs, latency, commands: { costs: commands.costs, calibrationInstructionsPerUnit: perUnit }, snapshot: { ...snapshot, jsMeterPerKb: snapshotJsPerKb }, esp32Model: { hz: 240e6, note: "1 instruction per cycle: lower bound; realistic 1.3-3x" } };
   fs.writeFileSync(out, JSON.stringify(results, null, 2) + "\n");
   console.log(`\nwrote ${out} in ${results.seconds.toFixed(0)} s`);
+  return 0;
 }
 
-main().catch((e) => {
-  console.error(`bench failed: ${(e as Error).stack ?? e}`);
-  process.exit(1);
-});
+runAsEntry(import.meta.url, CLI, main);

@@ -12,6 +12,12 @@ import { opensslVerify } from "./openssl-ed25519";
 import { toHex } from "../modules/core/bytes";
 import { TOPIC_ROOT } from "../modules/core/topics";
 import { waitForMatch } from "./wait-for";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { ensureDevPki } from "./pki";
+import { fromHex } from "../modules/core/bytes";
+import { portOption, runAsEntry, UserError } from "./lib/cli";
 
 export interface CloudOptions {
   host: string;
@@ -114,3 +120,52 @@ export class CloudConsumer {
     for (const l of [...this.#listeners]) l(e);
   }
 }
+
+// ------------------------------------------------------------------ CLI
+
+const CLI = {
+  name: "cloud",
+  usage: `usage: npx tsx tools/cloud.ts --port N [--host H] [--pki DIR] [--key THING=HEX ...]
+
+The reference cloud consumer on its own: connects to a running broker with the cloud
+service's identity, subscribes to every thing's events and prints one line per event,
+checked with tweetnacl and OpenSSL (an event from a thing whose key is not given is
+printed as unknown). Runs until Ctrl-C. For the local stand-in (npx tsx tools/standin.ts).
+
+  --port N          the broker's port
+  --host H          the broker's address (default 127.0.0.1)
+  --pki DIR         where the CA and the service certificate are (default .doorward/pki)
+  --key THING=HEX   a thing's Ed25519 public key (64 hex digits); repeatable
+  -h, --help        this text`,
+  options: { port: { type: "string" }, host: { type: "string" }, pki: { type: "string" }, key: { type: "string", multiple: true } },
+} as const;
+
+runAsEntry(import.meta.url, CLI, async ({ values }) => {
+  const port = portOption("port", values.port);
+  if (port === 0) throw new UserError("--port must be the broker's port, not 0");
+  const keys = (values.key ?? []).map((k) => {
+    const m = /^([a-zA-Z0-9:_-]{1,128})=([0-9a-fA-F]{64})$/.exec(k);
+    if (!m) throw new UserError(`--key must be THING=<64 hex digits>, got ${JSON.stringify(k)}`);
+    return [m[1], fromHex(m[2])] as const;
+  });
+  const dir = path.resolve(values.pki ?? path.join(path.dirname(fileURLToPath(import.meta.url)), "..", ".doorward", "pki"));
+  if (!fs.existsSync(path.join(dir, "ca.cert.pem"))) throw new UserError(`no development PKI in ${dir}: start the stand-in first, or give --pki DIR`);
+  const pki = await ensureDevPki(dir);
+  const cloud = new CloudConsumer();
+  for (const [thing, key] of keys) cloud.register(thing, key);
+  cloud.onEvent((e) => {
+    const v = e.verdict;
+    const what = v.ok ? `✔ ${v.event.thing} ${v.event.type} seq=${v.event.seq} (OpenSSL ${e.openssl ? "✔" : "✘"})` : `✘ ${v.reason}: ${v.detail}${e.duplicate ? " (a redelivery)" : ""}`;
+    process.stdout.write(`${e.topic} ${what}\n`);
+  });
+  const host = values.host ?? "127.0.0.1";
+  try {
+    await cloud.connect({ host, port, servername: "localhost", clientId: `${pki.service.name}-cli-${process.pid}`, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ECONNREFUSED") throw new UserError(`nothing listens on ${host}:${port}: start the stand-in (npx tsx tools/standin.ts --port ${port})`);
+    throw e;
+  }
+  process.stdout.write(`listening for events on ${host}:${port}\n`);
+  process.once("SIGINT", () => void cloud.close().then(() => process.exit(0)));
+});

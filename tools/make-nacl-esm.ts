@@ -15,8 +15,9 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { dirname, join, relative } from "node:path";
+import { runAsEntry } from "./lib/cli";
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const NACL_ESM_PATH = join(repoRoot, "modules", "vendor", "tweetnacl.js");
@@ -44,10 +45,22 @@ export function generateNaclEsm(): string {
   ].join("\n");
 }
 
-function main(argv: string[]): number {
+const CLI = {
+  name: "make-nacl-esm",
+  usage: `usage: npx tsx tools/make-nacl-esm.ts [--check]
+
+Writes modules/vendor/tweetnacl.js, the ES-module form of the installed tweetnacl that
+mcconfig and the XS harness import.
+
+  --check        write nothing; exit 1 if the committed file differs from a fresh one
+  -h, --help     this text`,
+  options: { check: { type: "boolean" } },
+} as const;
+
+function main(check: boolean): number {
   const fresh = generateNaclEsm();
   const shown = relative(process.cwd(), NACL_ESM_PATH);
-  if (argv.includes("--check")) {
+  if (check) {
     let current = "";
     try {
       current = readFileSync(NACL_ESM_PATH, "utf8");
@@ -66,6 +79,4 @@ function main(argv: string[]): number {
   return 0;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  process.exitCode = main(process.argv.slice(2));
-}
+runAsEntry(import.meta.url, CLI, ({ values }) => main(values.check ?? false));

@@ -11,6 +11,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import jpeg from "jpeg-js";
+import { runAsEntry } from "./lib/cli";
 
 export type SceneName = "visitor-day" | "courier-parcel" | "empty-porch-night" | "visitor-night";
 export const SCENES: readonly SceneName[] = ["visitor-day", "courier-parcel", "empty-porch-night", "visitor-night"];
@@ -164,8 +165,21 @@ export function writeSamples(outDir: string): string[] {
   });
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
+const CLI = {
+  name: "make-sample-jpegs",
+  usage: `usage: npx tsx tools/make-sample-jpegs.ts [OUTDIR]
+
+Draws the sample porch frames the simulator's camera serves and writes them as JPEGs
+into OUTDIR (default assets/samples). The same command always writes the same bytes.
+
+  -h, --help     this text`,
+  options: {},
+  positionals: { max: 1 },
+} as const;
+
+runAsEntry(import.meta.url, CLI, (args) => {
   const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-  const outDir = path.resolve(process.argv[2] ?? path.join(repo, "assets", "samples"));
+  const outDir = path.resolve(args.positionals[0] ?? path.join(repo, "assets", "samples"));
   for (const file of writeSamples(outDir)) process.stdout.write(`${path.relative(process.cwd(), file)} ${fs.statSync(file).size} bytes\n`);
-}
+  return 0;
+});

@@ -38,6 +38,7 @@ import { fileURLToPath } from "node:url";
 import nacl from "tweetnacl";
 import { AWS_IOT_ATS_ENDPOINT } from "../modules/core/egress";
 import { parseReply, sendBundle, ProvisionError, type Reply } from "../modules/device/provision-serial";
+import { parseCommandLine, UserError as UsageError, wantsHelp } from "./lib/cli";
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 /** The SDK and ESP-IDF versions this was written and checked against. */
@@ -71,9 +72,8 @@ export function simBundlePath(env: NodeJS.ProcessEnv): string {
 export class SetupError extends Error {
   override name = "SetupError";
 }
-export class UsageError extends Error {
-  override name = "UsageError";
-}
+/** A mistake in the command line or its values: one line, exit code 2. */
+export { UsageError };
 
 export function findBoard(name: string | undefined): BoardTarget {
   const b = BOARDS.find((x) => x.name === name || x.manifestKey === name || x.platform === name);
@@ -144,25 +144,18 @@ interface Parsed {
   extra: string[];
 }
 
-const VALUES = ["--broker", "--broker-port", "--port", "--bundle"];
-const FLAGS = ["--dev-vault-key", "--keep", "--help", "-h"];
+const OPTIONS = {
+  broker: { type: "string" }, "broker-port": { type: "string" }, port: { type: "string" }, bundle: { type: "string" },
+  "dev-vault-key": { type: "boolean" }, keep: { type: "boolean" },
+} as const;
 
 function parseArgs(argv: string[]): Parsed {
-  const [command = "", ...rest] = argv;
-  const p: Parsed = { command, positional: [], values: new Map(), flags: new Set(), extra: [] };
-  for (let i = 0; i < rest.length; i++) {
-    const a = rest[i];
-    if (a === "--") {
-      p.extra = rest.slice(i + 1);
-      break;
-    }
-    if (VALUES.includes(a)) {
-      const v = rest[++i];
-      if (v === undefined) throw new UsageError(`${a} needs a value`);
-      p.values.set(a, v);
-    } else if (FLAGS.includes(a)) p.flags.add(a);
-    else if (a.startsWith("-")) throw new UsageError(`unknown option ${a}`);
-    else p.positional.push(a);
+  const { values, positionals, rest } = parseCommandLine({ name: "mc", usage: USAGE, options: OPTIONS, positionals: { max: 2 } }, argv);
+  const [command = "", ...positional] = positionals;
+  const p: Parsed = { command, positional, values: new Map(), flags: new Set(), extra: rest };
+  for (const [k, v] of Object.entries(values)) {
+    if (typeof v === "string") p.values.set(`--${k}`, v);
+    else if (v === true) p.flags.add(`--${k}`);
   }
   return p;
 }
@@ -224,8 +217,12 @@ SDK ${MODDABLE_VERSION}, ESP-IDF ${ESP_IDF_VERSION}.`;
 
 export async function main(argv: string[], io: CliIo): Promise<number> {
   try {
+    if (wantsHelp(argv)) {
+      io.out(USAGE);
+      return 0;
+    }
     const p = parseArgs(argv);
-    if (!p.command || p.command === "help" || p.flags.has("--help") || p.flags.has("-h")) {
+    if (!p.command || p.command === "help") {
       io.out(USAGE);
       return 0;
     }
@@ -258,11 +255,11 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       case "typecheck":
         return await typecheck(p, io);
       default:
-        throw new UsageError(`unknown command "${p.command}"`);
+        throw new UsageError(`unknown command "${p.command}" (see --help)`);
     }
   } catch (e) {
     if (e instanceof UsageError) {
-      io.err(`mc: ${e.message}\n(run with --help for usage)`);
+      io.err(`mc: ${e.message}`);
       return 2;
     }
     if (e instanceof SetupError || e instanceof ProvisionError) {

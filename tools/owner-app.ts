@@ -17,6 +17,7 @@ import { MemoryStore } from "../modules/host/file-store";
 import { toBase64Url, toHex } from "../modules/core/bytes";
 import { topicsFor } from "../modules/core/topics";
 import { createUserKeys, createDeviceBoxKeys, keysFromJson, keysToJson, naclRandom, UserApp, OwnerApp, type AppKeys, type MadeCommand } from "./user-app";
+import { runAsEntry, UserError } from "./lib/cli";
 
 export * from "./user-app";
 
@@ -230,30 +231,43 @@ export class AccessTestbed {
   }
 }
 
-function cli(argv: string[]): number {
-  const [verb, ...rest] = argv;
-  const opt = (name: string) => {
-    const i = rest.indexOf(`--${name}`);
-    return i >= 0 ? rest[i + 1] : undefined;
-  };
+const CLI = {
+  name: "owner-app",
+  usage: `usage: npx tsx tools/owner-app.ts keygen --id ID [--role owner|resident|viewer] --out FILE
+       npx tsx tools/owner-app.ts show FILE
+
+Key files for an owner or a shared user of a doorbell.
+
+  keygen   make a user's Ed25519 signing and X25519 box key pairs and write them to FILE
+           (mode 0600); --role defaults to resident
+  show     print a key file's public half as JSON {id, role, sign, box} (base64url), the
+           form provision.ts create --owner takes
+  -h, --help     this text`,
+  options: { id: { type: "string" }, role: { type: "string" }, out: { type: "string" } },
+  positionals: { min: 1, max: 2 },
+} as const;
+
+runAsEntry(import.meta.url, CLI, ({ values, positionals }) => {
+  const [verb, file] = positionals;
   if (verb === "keygen") {
-    const id = opt("id"), role = (opt("role") ?? "resident") as Role, out = opt("out");
-    if (!id || !out || !ROLES.includes(role)) {
-      process.stderr.write("usage: owner-app keygen --id ID [--role owner|resident|viewer] --out FILE\n");
-      return 2;
-    }
-    const k = createUserKeys(id, role);
-    saveKeys(out, k);
-    process.stdout.write(`${id} (${role}) sign ${toHex(k.identity.signPublicKey)} box ${toHex(k.identity.boxPublicKey)} → ${out}\n`);
+    if (file !== undefined) throw new UserError(`keygen takes no file argument; give it with --out`);
+    if (!values.id) throw new UserError("keygen needs --id ID");
+    if (!values.out) throw new UserError("keygen needs --out FILE");
+    const role = (values.role ?? "resident") as Role;
+    if (!ROLES.includes(role)) throw new UserError(`--role must be one of ${ROLES.join(", ")} (got ${JSON.stringify(values.role)})`);
+    if (fs.existsSync(values.out)) throw new UserError(`${values.out} exists; a key file is never overwritten`);
+    const k = createUserKeys(values.id, role);
+    saveKeys(values.out, k);
+    process.stdout.write(`${values.id} (${role}) sign ${toHex(k.identity.signPublicKey)} box ${toHex(k.identity.boxPublicKey)} → ${values.out}\n`);
     return 0;
   }
-  if (verb === "show" && rest[0]) {
-    const k = loadKeys(rest[0]);
+  if (verb === "show") {
+    if (!file) throw new UserError("show needs a key file");
+    if (values.id || values.role || values.out) throw new UserError("show takes only a key file");
+    if (!fs.existsSync(file)) throw new UserError(`${file} does not exist`);
+    const k = loadKeys(file);
     process.stdout.write(JSON.stringify({ id: k.identity.id, role: k.identity.role, sign: toBase64Url(k.identity.signPublicKey), box: toBase64Url(k.identity.boxPublicKey) }) + "\n");
     return 0;
   }
-  process.stderr.write("usage: owner-app keygen --id ID [--role ROLE] --out FILE | owner-app show FILE\n");
-  return 2;
-}
-
-if (import.meta.url === `file://${process.argv[1]}`) process.exit(cli(process.argv.slice(2)));
+  throw new UserError(`unknown command ${JSON.stringify(verb)} (see --help)`);
+});

@@ -25,11 +25,13 @@
 import { X509Certificate as NodeX509Certificate, webcrypto } from "node:crypto";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { isThingName } from "../modules/core/topics";
 
 // @peculiar/x509 resolves its algorithm providers through tsyringe, which needs the Reflect metadata API first.
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
+import { runAsEntry, UserError } from "./lib/cli";
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -381,3 +383,36 @@ export function roleOfSubject(subjectFields: { OU?: string | string[]; CN?: stri
   const role = ou === THING_OU ? "thing" : ou === SERVICE_OU ? "service" : ou === SERVER_OU ? "server" : undefined;
   return { role, name: cn };
 }
+
+// ------------------------------------------------------------------ CLI
+
+const CLI = {
+  name: "pki",
+  usage: `usage: npx tsx tools/pki.ts [--dir DIR] [--thing NAME ...]
+
+The development PKI for the local stand-in, the simulator and device builds: a dev root
+CA, the stand-in's server certificate, the cloud service's client certificate, and one
+client certificate per thing. Created on first use (RSA-2048 key generation takes a few
+seconds per key), reused afterwards. Prints where each file is.
+
+  --dir DIR      the PKI directory (default .doorward/pki)
+  --thing NAME   issue (or reuse) a thing certificate; repeatable
+  -h, --help     this text`,
+  options: { dir: { type: "string" }, thing: { type: "string", multiple: true } },
+} as const;
+
+runAsEntry(import.meta.url, CLI, async ({ values }) => {
+  const dir = path.resolve(values.dir ?? path.join(path.dirname(fileURLToPath(import.meta.url)), "..", ".doorward", "pki"));
+  for (const thing of values.thing ?? []) if (!isThingName(thing)) throw new UserError(`not a thing name: ${JSON.stringify(thing)} (1-128 of [a-zA-Z0-9:_-])`);
+  const pki = await ensureDevPki(dir);
+  const out = (line: string) => process.stdout.write(line + "\n");
+  out(`PKI directory ${pki.dir}${pki.created ? " (created now)" : ""}`);
+  out(`  CA certificate       ${pki.ca.certPath}`);
+  out(`  server certificate   ${pki.server.certPath} (SAN localhost, 127.0.0.1)`);
+  out(`  cloud service        ${pki.service.certPath} / ${pki.service.keyPath}`);
+  for (const thing of values.thing ?? []) {
+    const creds = await issueThingCredentials(dir, thing);
+    out(`  thing ${thing.padEnd(14)} ${creds.certPath} / ${creds.keyPath} (DER alongside)`);
+  }
+  return 0;
+});

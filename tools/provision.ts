@@ -38,6 +38,7 @@ import { FileStore } from "../modules/host/file-store";
 import { openKeyFile, KeyFileError, writePrivateFile } from "../modules/host/key-file";
 import { createHostLog } from "../modules/host/log";
 import { hostRandom } from "../modules/host/random";
+import { parseCommandLine, UserError as UsageError, wantsHelp } from "./lib/cli";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const DEFAULT_ENDPOINT = "localhost";
@@ -71,9 +72,8 @@ export function openSimulatedDevice(options: { home: string; thing: string; log:
 
 // ------------------------------------------------------------------ CLI plumbing
 
-export class UsageError extends Error {
-  override name = "UsageError";
-}
+/** A mistake in the command line or its values: one line, exit code 2. */
+export { UsageError };
 
 export interface CliIo {
   out(line: string): void;
@@ -114,26 +114,25 @@ interface Parsed {
   flags: Set<string>;
 }
 
-const VALUE_OPTIONS = ["--thing", "--wifi-ssid", "--wifi-password-file", "--endpoint", "--cert", "--key", "--ca", "--pki", "--owner", "--out", "--bundle", "--home"];
-const FLAG_OPTIONS = ["--wifi-password-stdin", "--force", "--keep", "--yes", "--help", "-h"];
+const OPTIONS = {
+  thing: { type: "string" }, "wifi-ssid": { type: "string" }, "wifi-password-file": { type: "string" }, endpoint: { type: "string" },
+  cert: { type: "string" }, key: { type: "string" }, ca: { type: "string" }, pki: { type: "string" }, owner: { type: "string" },
+  out: { type: "string" }, bundle: { type: "string" }, home: { type: "string" },
+  "wifi-password-stdin": { type: "boolean" }, force: { type: "boolean" }, keep: { type: "boolean" }, yes: { type: "boolean" },
+} as const;
 const COMMANDS = ["create", "feed", "status", "reset", "csr"];
 
 function parseArgs(argv: string[]): Parsed {
-  const [command, ...rest] = argv;
-  const values = new Map<string, string>();
-  const flags = new Set<string>();
-  for (let i = 0; i < rest.length; i++) {
-    const a = rest[i];
-    if (VALUE_OPTIONS.indexOf(a) >= 0) {
-      const v = rest[++i];
-      if (v === undefined || (v.startsWith("--") && v !== "-")) throw new UsageError(`${a} needs a value`);
-      if (values.has(a)) throw new UsageError(`${a} given twice`);
-      values.set(a, v);
-    } else if (FLAG_OPTIONS.indexOf(a) >= 0) flags.add(a);
-    else if (a === "--wifi-password") throw new UsageError("the Wi-Fi passphrase is not taken on the command line (other users can read it there): use --wifi-password-file FILE or --wifi-password-stdin");
-    else throw new UsageError(`unknown option ${a}`);
+  if (argv.some((a) => a === "--wifi-password" || a.startsWith("--wifi-password="))) {
+    throw new UsageError("the Wi-Fi passphrase is not taken on the command line (other users can read it there): use --wifi-password-file FILE or --wifi-password-stdin");
   }
-  return { command: command ?? "", values, flags };
+  const { values, positionals } = parseCommandLine({ name: "provision", usage: USAGE, options: OPTIONS, positionals: { max: 1 } }, argv);
+  const p: Parsed = { command: positionals[0] ?? "", values: new Map(), flags: new Set() };
+  for (const [k, v] of Object.entries(values)) {
+    if (typeof v === "string") p.values.set(`--${k}`, v);
+    else if (v === true) p.flags.add(`--${k}`);
+  }
+  return p;
 }
 
 function need(p: Parsed, option: string): string {
@@ -151,12 +150,16 @@ function allowOnly(p: Parsed, options: string[]): void {
 export async function main(argv: string[], io: CliIo): Promise<number> {
   let p: Parsed;
   try {
-    p = parseArgs(argv);
-    if (p.command === "" || p.command === "--help" || p.command === "-h" || p.command === "help" || p.flags.has("--help") || p.flags.has("-h")) {
+    if (wantsHelp(argv)) {
       io.out(USAGE);
       return 0;
     }
-    if (COMMANDS.indexOf(p.command) < 0) throw new UsageError(`unknown command "${p.command}"`);
+    p = parseArgs(argv);
+    if (p.command === "" || p.command === "help") {
+      io.out(USAGE);
+      return 0;
+    }
+    if (COMMANDS.indexOf(p.command) < 0) throw new UsageError(`unknown command "${p.command}" (see --help)`);
     const home = p.values.has("--home") ? path.resolve(p.values.get("--home")!) : defaultHome(io.env);
     switch (p.command) {
       case "create":
@@ -173,7 +176,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
     return 2;
   } catch (e) {
     if (e instanceof UsageError) {
-      io.err(`provision: ${e.message}\n(run with --help for usage)`);
+      io.err(`provision: ${e.message}`);
       return 2;
     }
     if (e instanceof ProvisioningError || e instanceof KeyFileError) {

@@ -17,7 +17,6 @@
 import { createHash } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { pathToFileURL } from "node:url";
 import nacl from "tweetnacl";
 import { canonicalBytes, type Json } from "../modules/core/canonical";
 import { fromHex, toHex } from "../modules/core/bytes";
@@ -35,6 +34,7 @@ import {
   type TrustedKeys,
 } from "../modules/core/release";
 import { makeSimImage } from "../modules/host/update-sink";
+import { intOption, parseCommandLine, runAsEntry, UserError, wantsHelp } from "./lib/cli";
 
 export interface ReleaseKey {
   /** tweetnacl's 64-byte secret key (seed ‖ public key). */
@@ -65,13 +65,13 @@ export function writeReleaseKey(dir: string, name = "release", key: ReleaseKey =
 
 export function loadReleaseKey(keyPath: string): ReleaseKey {
   const st = fs.statSync(keyPath);
-  if ((st.mode & 0o077) !== 0) throw new Error(`${keyPath}: readable by others (mode ${(st.mode & 0o777).toString(8)}); refusing to use it`);
+  if ((st.mode & 0o077) !== 0) throw new UserError(`${keyPath}: readable by others (mode ${(st.mode & 0o777).toString(8)}); refusing to use it`);
   return releaseKeyFromSeed(fromHex(fs.readFileSync(keyPath, "utf8").trim()));
 }
 
 export function loadPublicKey(pubPath: string): Uint8Array {
   const pk = fromHex(fs.readFileSync(pubPath, "utf8").trim());
-  if (pk.length !== 32) throw new Error(`${pubPath}: not a 32-byte public key`);
+  if (pk.length !== 32) throw new UserError(`${pubPath}: not a 32-byte public key`);
   return pk;
 }
 
@@ -155,34 +155,78 @@ export function rotateKeys(serial: number, keep: Uint8Array[], signers: ReleaseK
 
 // ------------------------------------------------------------------ CLI
 
+const CLI = {
+  name: "release",
+  usage: `usage: npx tsx tools/release.ts <command> [options]
+
+Release signing: the release key, signed manifests, key rotation.
+
+  keygen  --out DIR [--name release]
+          a new release key: DIR/<name>.key (the secret seed, mode 0600: keep it offline)
+          and DIR/<name>.pub (build it into the firmware)
+  sign    --key K.key --image fw.bin --version N --board B [--label 1.2.3] [--min-version M]
+          [--out fw.manifest.json]
+          sign an image into a manifest (default <image>.manifest.json)
+  verify  --pub K.pub --image fw.bin --manifest fw.manifest.json [--board B] [--floor N]
+          check a manifest against an image as the device does; exit 1 if refused
+  rotate  --serial N --sign OLD.key [--sign NEW.key ...] --keep OLD.pub|NEW.pub ... [--out keys.json]
+          a signed key-set update for rotation (default release-keys-<serial>.json)
+  sim-image --version N --board B [--unhealthy] [--size BYTES] --out fw.bin
+          an image for the simulator (--unhealthy: one that fails its health check)
+  -h, --help     this text`,
+  options: {
+    out: { type: "string" }, name: { type: "string" }, key: { type: "string" }, image: { type: "string" }, version: { type: "string" },
+    board: { type: "string" }, label: { type: "string" }, "min-version": { type: "string" }, pub: { type: "string" }, manifest: { type: "string" },
+    floor: { type: "string" }, serial: { type: "string" }, sign: { type: "string", multiple: true }, keep: { type: "string", multiple: true },
+    unhealthy: { type: "boolean" }, size: { type: "string" },
+  },
+  positionals: { max: 1 },
+} as const;
+
+/** Which options each command takes (anything else is refused, not ignored). */
+const TAKES: Record<string, string[]> = {
+  keygen: ["out", "name"],
+  sign: ["key", "image", "version", "board", "label", "min-version", "out"],
+  verify: ["pub", "image", "manifest", "board", "floor"],
+  rotate: ["serial", "sign", "keep", "out"],
+  "sim-image": ["version", "board", "unhealthy", "size", "out"],
+};
+
 function parse(argv: string[]): { cmd: string; flags: Map<string, string[]> } {
-  const [cmd = "help", ...rest] = argv;
+  const { values, positionals } = parseCommandLine(CLI, argv);
+  const cmd = positionals[0] ?? "help";
   const flags = new Map<string, string[]>();
-  for (let i = 0; i < rest.length; i++) {
-    const a = rest[i];
-    if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
-    const name = a.slice(2);
-    const boolean = name === "unhealthy";
-    const value = boolean ? "true" : rest[++i];
-    if (value === undefined) throw new Error(`${a} needs a value`);
-    flags.set(name, [...(flags.get(name) ?? []), value]);
+  for (const [name, v] of Object.entries(values)) {
+    if (TAKES[cmd] && !TAKES[cmd].includes(name)) throw new UserError(`--${name} does not apply to ${cmd} (see --help)`);
+    flags.set(name, Array.isArray(v) ? v.map(String) : [String(v)]);
   }
   return { cmd, flags };
 }
 
 function one(flags: Map<string, string[]>, name: string, fallback?: string): string {
   const v = flags.get(name)?.[0] ?? fallback;
-  if (v === undefined) throw new Error(`--${name} is required`);
+  if (v === undefined) throw new UserError(`--${name} is required (see --help)`);
   return v;
 }
 
 function int(text: string, name: string): number {
-  const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`--${name} must be a whole number`);
-  return n;
+  return intOption(name, text, { min: 0, max: Number.MAX_SAFE_INTEGER });
 }
 
+function readInput(file: string, what: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new UserError(`cannot read ${what} ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+/** The release command; throws UserError for a mistake in its arguments or inputs. */
 export function runReleaseCli(argv: string[], out: (line: string) => void = (l) => process.stdout.write(l + "\n")): number {
+  if (wantsHelp(argv)) {
+    out(CLI.usage);
+    return 0;
+  }
   const { cmd, flags } = parse(argv);
   switch (cmd) {
     case "keygen": {
@@ -195,7 +239,7 @@ export function runReleaseCli(argv: string[], out: (line: string) => void = (l) 
     case "sign": {
       const key = loadReleaseKey(one(flags, "key"));
       const imagePath = one(flags, "image");
-      const image = new Uint8Array(fs.readFileSync(imagePath));
+      const image = new Uint8Array(readInput(imagePath, "image"));
       const release = signImage(image, {
         key,
         version: int(one(flags, "version"), "version"),
@@ -210,8 +254,13 @@ export function runReleaseCli(argv: string[], out: (line: string) => void = (l) 
       return 0;
     }
     case "verify": {
-      const doc = JSON.parse(fs.readFileSync(one(flags, "manifest"), "utf8")) as unknown;
-      const image = new Uint8Array(fs.readFileSync(one(flags, "image")));
+      let doc: unknown;
+      try {
+        doc = JSON.parse(readInput(one(flags, "manifest"), "manifest").toString("utf8"));
+      } catch (e) {
+        throw e instanceof UserError ? e : new UserError(`${one(flags, "manifest")} is not JSON`);
+      }
+      const image = new Uint8Array(readInput(one(flags, "image"), "image"));
       const verdict = verifyImage(doc, image, loadPublicKey(one(flags, "pub")), {
         board: flags.get("board")?.[0],
         floor: flags.has("floor") ? int(one(flags, "floor"), "floor") : undefined,
@@ -240,18 +289,12 @@ export function runReleaseCli(argv: string[], out: (line: string) => void = (l) 
       out(`simulated image ${one(flags, "out")}: ${image.length} bytes`);
       return 0;
     }
+    case "help":
+      out(CLI.usage);
+      return 0;
     default:
-      out("usage: tsx tools/release.ts keygen|sign|verify|rotate|sim-image [options] (see the header of tools/release.ts)");
-      return cmd === "help" ? 0 : 2;
+      throw new UserError(`unknown command ${JSON.stringify(cmd)} (see --help)`);
   }
 }
 
-const entry = process.argv[1];
-if (entry && import.meta.url === pathToFileURL(path.resolve(entry)).href) {
-  try {
-    process.exit(runReleaseCli(process.argv.slice(2)));
-  } catch (e) {
-    process.stderr.write(`release: ${(e as Error).message}\n`);
-    process.exit(2);
-  }
-}
+runAsEntry(import.meta.url, CLI, (_args) => runReleaseCli(process.argv.slice(2)));

@@ -39,6 +39,7 @@ import { SimulatedButton } from "../modules/host/button";
 import { toBase64Url, toHex } from "../modules/core/bytes";
 import { ensureDevPki } from "./pki";
 import { devicePaths, main as provisionCli } from "./provision";
+import { intOption, parseCommandLine, runAsEntry, UserError, type Parsed } from "./lib/cli";
 
 export interface SimDeviceArgs {
   home: string;
@@ -47,25 +48,44 @@ export interface SimDeviceArgs {
   keepaliveSeconds: number;
 }
 
+const CLI = {
+  name: "sim-device",
+  usage: `usage: node --import=tsx tools/sim-device.ts --home DIR --port N [--thing NAME] [--keepalive S]
+
+A headless simulated doorbell, one process per device, for the power-cut tests and the soak.
+It connects to a broker already listening on 127.0.0.1:N and reads one command per line
+on stdin (ring, status, quit); see the header of tools/sim-device.ts for what it prints.
+
+  --home DIR       its flash (file-backed), provisioned on first run
+  --port N         the broker's port on 127.0.0.1
+  --thing NAME     the thing name (default doorward-sim-1)
+  --keepalive S    MQTT keepalive in seconds, 1-1200 (default 60, AWS's bound is 1200)
+  -h, --help       this text`,
+  options: { home: { type: "string" }, port: { type: "string" }, thing: { type: "string" }, keepalive: { type: "string" } },
+} as const;
+
+/** The options of a parsed command line; throws UserError for a bad one. */
 export function parseSimDeviceArgs(argv: string[]): SimDeviceArgs {
-  const a: SimDeviceArgs = { home: "", thing: "doorward-sim-1", port: 0, keepaliveSeconds: 60 };
-  for (let i = 0; i < argv.length; i++) {
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${argv[i - 1]} needs a value`);
-      return v;
-    };
-    const k = argv[i];
-    if (k === "--home") a.home = path.resolve(value());
-    else if (k === "--thing") a.thing = value();
-    else if (k === "--port") a.port = Number(value());
-    else if (k === "--keepalive") a.keepaliveSeconds = Number(value());
-    else throw new Error(`unknown option ${k}`);
-  }
-  if (!a.home) throw new Error("--home is required");
-  if (!Number.isInteger(a.port) || a.port < 1 || a.port > 65535) throw new Error("--port must be the broker's port on 127.0.0.1");
-  if (!Number.isInteger(a.keepaliveSeconds) || a.keepaliveSeconds < 1 || a.keepaliveSeconds > 1200) throw new Error("--keepalive must be 1-1200 s (AWS bound)");
-  return a;
+  const { values } = parseCommandLine(CLI, argv);
+  return simDeviceArgs(values);
+}
+
+function simDeviceArgs(v: Parsed<typeof CLI.options>["values"]): SimDeviceArgs {
+  if (!v.home) throw new UserError("--home is required (see --help)");
+  if (v.port === undefined) throw new UserError("--port is required: the broker's port on 127.0.0.1");
+  return {
+    home: path.resolve(v.home),
+    thing: v.thing ?? "doorward-sim-1",
+    port: intOption("port", v.port, { min: 1, max: 65535 }),
+    keepaliveSeconds: keepalive(v.keepalive),
+  };
+}
+
+function keepalive(text: string | undefined): number {
+  if (text === undefined) return 60;
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1 || n > 1200) throw new UserError(`--keepalive must be 1-1200 s (AWS bound), got ${JSON.stringify(text)}`);
+  return n;
 }
 
 const pem = (label: string, der: Uint8Array) => `-----BEGIN ${label}-----\n${Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n")}\n-----END ${label}-----\n`;
@@ -141,19 +161,4 @@ export async function runSimDevice(args: SimDeviceArgs): Promise<number> {
   });
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  let args: SimDeviceArgs;
-  try {
-    args = parseSimDeviceArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`sim-device: ${(e as Error).message}\nusage: node --import=tsx tools/sim-device.ts --home DIR --port N [--thing NAME] [--keepalive S]\n`);
-    process.exit(2);
-  }
-  runSimDevice(args).then(
-    (code) => process.exit(code),
-    (e) => {
-      process.stderr.write(`sim-device: ${(e as Error).stack ?? e}\n`);
-      process.exit(1);
-    },
-  );
-}
+runAsEntry(import.meta.url, CLI, ({ values }) => runSimDevice(simDeviceArgs(values)));

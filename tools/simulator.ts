@@ -43,6 +43,7 @@ import { CloudConsumer } from "./cloud";
 import { devicePaths, main as provisionCli } from "./provision";
 import { AppLink, OwnerApp, UserApp, createUserKeys, keysFromJson, type AppKeys } from "./owner-app";
 import { toHex, toBase64Url } from "../modules/core/bytes";
+import { intOption, portOption, runAsEntry, type Parsed } from "./lib/cli";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -58,41 +59,45 @@ interface SimOptions {
   demoEgress: boolean;
 }
 
-function parseArgs(argv: string[]): SimOptions {
-  const o: SimOptions = {
-    home: process.env.DOORWARD_HOME ?? path.join(REPO, ".doorward"),
-    thing: process.env.DOORWARD_THING ?? "doorward-sim-1",
-    rings: 1,
-    exit: false,
-    buttonPort: Number(process.env.DOORWARD_BUTTON_PORT ?? 8080),
-    quiet: false,
-    demoAccess: false,
-    demoUpdate: false,
-    demoEgress: false,
+const CLI = {
+  name: "simulator",
+  usage: `usage: npm start -- [options]
+
+The whole doorbell on this machine: the local AWS IoT stand-in, a simulated doorbell
+running the real firmware core, and a cloud consumer verifying every event. The first
+run provisions the device under .doorward/. At the prompt: Enter rings, "help" lists
+the other keys.
+
+  --rings N          ring N times on start (default 1)
+  --exit             wait until every ring is verified, then exit 0 (or 1)
+  --demo-access      add a shared user, ring, revoke, ring again
+  --demo-update      a signed update through AWS IoT Jobs and streams, then a refused downgrade
+  --demo-egress      firmware code tries to phone home and is refused
+  --home DIR         where the device keeps its state (default .doorward, or DOORWARD_HOME)
+  --thing NAME       the thing name (default doorward-sim-1, or DOORWARD_THING)
+  --button-port N    the local HTTP button (default 8080, or DOORWARD_BUTTON_PORT; 0 = any free port)
+  --quiet            fewer lines
+  -h, --help         this text`,
+  options: {
+    rings: { type: "string" }, exit: { type: "boolean" }, home: { type: "string" }, thing: { type: "string" },
+    "button-port": { type: "string" }, quiet: { type: "boolean" },
+    "demo-access": { type: "boolean" }, "demo-update": { type: "boolean" }, "demo-egress": { type: "boolean" },
+  },
+} as const;
+
+function simOptions(args: Parsed<typeof CLI.options>): SimOptions {
+  const v = args.values;
+  return {
+    home: path.resolve(v.home ?? process.env.DOORWARD_HOME ?? path.join(REPO, ".doorward")),
+    thing: v.thing ?? process.env.DOORWARD_THING ?? "doorward-sim-1",
+    rings: intOption("rings", v.rings, { min: 0, max: 1_000_000 }, 1),
+    exit: v.exit ?? false,
+    buttonPort: portOption("button-port", v["button-port"] ?? process.env.DOORWARD_BUTTON_PORT, 8080),
+    quiet: v.quiet ?? false,
+    demoAccess: v["demo-access"] ?? false,
+    demoUpdate: v["demo-update"] ?? false,
+    demoEgress: v["demo-egress"] ?? false,
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    if (a === "--rings") o.rings = Number(value());
-    else if (a === "--exit") o.exit = true;
-    else if (a === "--home") o.home = path.resolve(value());
-    else if (a === "--thing") o.thing = value();
-    else if (a === "--button-port") o.buttonPort = Number(value());
-    else if (a === "--quiet") o.quiet = true;
-    else if (a === "--demo-access") o.demoAccess = true;
-    else if (a === "--demo-update") o.demoUpdate = true;
-    else if (a === "--demo-egress") o.demoEgress = true;
-    else if (a === "--help" || a === "-h") {
-      process.stdout.write("usage: npm start -- [--rings N] [--exit] [--demo-access] [--demo-update] [--demo-egress] [--home DIR] [--thing NAME] [--button-port PORT] [--quiet]\n");
-      process.exit(0);
-    } else throw new Error(`unknown option ${a} (try --help)`);
-  }
-  if (!Number.isInteger(o.rings) || o.rings < 0) throw new Error("--rings takes a whole number");
-  return o;
 }
 
 export async function runSimulator(o: SimOptions): Promise<number> {
@@ -357,9 +362,4 @@ async function connectApps(o: SimOptions, pki: Awaited<ReturnType<typeof ensureD
   return api;
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  runSimulator(parseArgs(process.argv.slice(2))).then(
-    (code) => process.exit(code),
-    (e) => { process.stderr.write(`simulator: ${(e as Error).message}\n`); process.exit(1); },
-  );
-}
+runAsEntry(import.meta.url, CLI, (args) => runSimulator(simOptions(args)));

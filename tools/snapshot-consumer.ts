@@ -34,6 +34,7 @@ import {
   chunkNonce, chunkPlainLength, parseChunk, parseSnapshotManifest, CHUNK_HEADER_BYTES, TAG_BYTES, type SnapshotManifest,
 } from "../modules/core/snapshot";
 import { hostAesGcm, hostSha256, type HostAead } from "../modules/host/cipher";
+import { libraryEntry } from "./lib/cli";
 
 export interface Viewer {
   /** Access-list user id. */
@@ -416,3 +417,9 @@ export async function attachSnapshotViewer(
   }
   return consumer;
 }
+
+libraryEntry(import.meta.url, "snapshot-consumer", `tools/snapshot-consumer.ts is a library, not a command.
+
+The reference snapshot consumer: it reassembles a doorbell's encrypted snapshot chunks,
+checks them against the signed manifest event and decrypts the JPEG for a viewer.
+npm start uses it (pictures land in .doorward/snapshots/), and so do the snapshot tests.`);

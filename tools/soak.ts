@@ -41,6 +41,7 @@ import { CloudConsumer } from "./cloud";
 import { provisionIfNeeded } from "./sim-device";
 import { startXsCore } from "./xs/core";
 import { DOORBELL_SETUP } from "./bench/xs-ring";
+import { intOption, runAsEntry, UserError, type Parsed } from "./lib/cli";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -607,28 +608,44 @@ export async function measureXsHeap(o: XsHeapOptions = {}): Promise<XsHeapReport
 
 // ------------------------------------------------------------------ CLI
 
-async function main(argv: string[]): Promise<number> {
-  const opt = (name: string, fallback: number) => {
-    const i = argv.indexOf(`--${name}`);
-    if (i < 0) return fallback;
-    const v = Number(argv[i + 1]);
-    if (!Number.isFinite(v) || v < 0) throw new Error(`--${name} needs a number`);
-    return v;
-  };
-  const minutes = opt("minutes", 5);
-  const seed = opt("seed", Date.now() % 100000);
+const CLI = {
+  name: "soak",
+  usage: `usage: npm run soak -- [--minutes M] [--seed N] [--skip-chaos] [--skip-xs] [--xs-rings N] [--xs-churn N]
+
+The long reliability soak: a chaos run (a simulated doorbell process under broker
+restarts, power cuts and mid-publish drops, every recorded ring checked at the cloud),
+then the XS heap run (rings, outbox churn and reconnects on the real XS engine, live
+slots compared before and after). Exits 0 only if both pass.
+
+  --minutes M    length of the chaos run (default 5)
+  --seed N       fault schedule seed (default from the clock; printed, so a run can be repeated)
+  --skip-chaos   only the XS heap run
+  --skip-xs      only the chaos run
+  --xs-rings N   rings in the XS heap run (default 2000)
+  --xs-churn N   outbox fill/drain cycles in the XS heap run (default 20000; reconnects = half)
+  -h, --help     this text`,
+  options: {
+    minutes: { type: "string" }, seed: { type: "string" }, "skip-chaos": { type: "boolean" }, "skip-xs": { type: "boolean" },
+    "xs-rings": { type: "string" }, "xs-churn": { type: "string" },
+  },
+} as const;
+
+async function main(args: Parsed<typeof CLI.options>): Promise<number> {
+  const v = args.values;
+  const minutes = numberOption("minutes", v.minutes, 5);
+  const seed = intOption("seed", v.seed, { min: 0, max: 2 ** 31 - 1 }, Date.now() % 100000);
   const say = (line: string) => process.stdout.write(line + "\n");
   let ok = true;
-  if (!argv.includes("--skip-chaos")) {
+  if (!v["skip-chaos"]) {
     say(`chaos soak: ${minutes} min, seed ${seed}`);
     const report = await runChaos({ seed, cycles: 1_000_000, maxMs: minutes * 60_000, settleMs: 120_000, log: (l) => say(`  ${l}`) });
     say(JSON.stringify({ ...report, unrecordedDelivered: report.unrecordedDelivered.length }, null, 2));
     say(`presses ${report.presses}, broker restarts ${report.brokerRestarts}, power cuts ${report.powerCuts}, mid-publish drops ${report.midPublishDrops}: lost ${report.lost.length}, duplicates delivered ${report.duplicatesDelivered} (redeliveries de-duplicated: ${report.redeliveries})`);
     ok &&= report.ok;
   }
-  if (!argv.includes("--skip-xs")) {
-    const rings = opt("xs-rings", 2000);
-    const churn = opt("xs-churn", 20000);
+  if (!v["skip-xs"]) {
+    const rings = intOption("xs-rings", v["xs-rings"], { min: 1, max: 10_000_000 }, 2000);
+    const churn = intOption("xs-churn", v["xs-churn"], { min: 0, max: 10_000_000 }, 20000);
     say(`XS heap soak: ${rings} rings, ${churn} outbox cycles, ${churn / 2} reconnects`);
     const heap = await measureXsHeap({ rings, churn, reconnects: churn / 2, log: (l) => say(`  ${l}`) });
     say(JSON.stringify(heap, null, 2));
@@ -639,12 +656,11 @@ async function main(argv: string[]): Promise<number> {
   return ok ? 0 : 1;
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (e) => {
-      process.stderr.write(`soak: ${(e as Error).stack ?? e}\n`);
-      process.exit(1);
-    },
-  );
+function numberOption(name: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (text.trim() === "" || !Number.isFinite(n) || n <= 0) throw new UserError(`--${name} must be a positive number (got ${JSON.stringify(text)})`);
+  return n;
 }
+
+runAsEntry(import.meta.url, CLI, main);

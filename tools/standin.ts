@@ -43,11 +43,12 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import path from "node:path";
 import tls from "node:tls";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { Aedes } from "aedes";
 import type { AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from "aedes";
 import { ensureDevPki, issueThingCredentials, roleOfSubject, type Credentials, type DevPki } from "./pki";
 import { mayPublish, maySubscribe, PRESENCE_PREFIX, type Identity } from "./standin/policy";
+import { portOption, runAsEntry, UserError, type Parsed } from "./lib/cli";
 
 export type { Identity } from "./standin/policy";
 
@@ -621,13 +622,36 @@ export async function startStandin(options: StandinOptions = {}): Promise<Standi
 
 // ------------------------------------------------------------------ CLI
 
-async function main(): Promise<void> {
-  const port = Number(process.env.DOORWARD_BROKER_PORT ?? 8883);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`bad DOORWARD_BROKER_PORT: ${process.env.DOORWARD_BROKER_PORT}`);
-  const pkiDir = process.env.DOORWARD_PKI_DIR ?? DEFAULT_PKI_DIR;
+const CLI = {
+  name: "standin",
+  usage: `usage: npx tsx tools/standin.ts [--port N] [--pki DIR] [--thing NAME ...]
+
+The local stand-in for AWS IoT Core: MQTT 3.1.1 over mutual TLS on 127.0.0.1, with
+AWS's client-ID, policy, size and rate rules. It runs until Ctrl-C.
+
+  --port N       TCP port to listen on (default 8883, or DOORWARD_BROKER_PORT; 0 = any free one)
+  --pki DIR      the development PKI: CA, server and service certificates, created on first use
+                 (default .doorward/pki, or DOORWARD_PKI_DIR)
+  --thing NAME   issue (or reuse) a thing certificate for NAME and print its paths; repeatable
+                 (also DOORWARD_THINGS=name1,name2)
+  -h, --help     this text`,
+  options: { port: { type: "string" }, pki: { type: "string" }, thing: { type: "string", multiple: true } },
+} as const;
+
+async function main(args: Parsed<typeof CLI.options>): Promise<void> {
+  const port = args.values.port !== undefined ? portOption("port", args.values.port) : process.env.DOORWARD_BROKER_PORT !== undefined ? portOption("port (DOORWARD_BROKER_PORT)", process.env.DOORWARD_BROKER_PORT) : 8883;
+  const pkiDir = path.resolve(args.values.pki ?? process.env.DOORWARD_PKI_DIR ?? DEFAULT_PKI_DIR);
   const pki = await ensureDevPki(pkiDir);
-  const things = (process.env.DOORWARD_THINGS ?? "").split(",").map((s) => s.trim()).filter(Boolean);
-  const standin = await startStandin({ pki, port, log: (line) => console.log(`[standin] ${line}`) });
+  const things = [...(args.values.thing ?? []), ...(process.env.DOORWARD_THINGS ?? "").split(",")].map((s) => s.trim()).filter(Boolean);
+  let standin: Standin;
+  try {
+    standin = await startStandin({ pki, port, log: (line) => console.log(`[standin] ${line}`) });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EADDRINUSE") throw new UserError(`port ${port} on ${LOOPBACK} is already in use (another stand-in or broker?): stop it, or pick another with --port N (0 = any free port)`);
+    if (code === "EACCES") throw new UserError(`port ${port} needs privileges on this system: pick one above 1023 with --port N`);
+    throw e;
+  }
   const lines = [
     `AWS IoT stand-in listening on ${standin.url} (mutual TLS, MQTT 3.1.1)`,
     `PKI directory ${pki.dir}${pki.created ? " (created now)" : ""}`,
@@ -639,7 +663,7 @@ async function main(): Promise<void> {
     const creds = await issueThingCredentials(pki.dir, thing);
     lines.push(`  thing ${thing.padEnd(14)} ${creds.certPath} / ${creds.keyPath} (DER alongside)`);
   }
-  if (things.length === 0) lines.push(`  things: set DOORWARD_THINGS=name1,name2 to issue credentials, or call issueThingCredentials()`);
+  if (things.length === 0) lines.push(`  things: add --thing NAME to issue credentials for a device`);
   console.log(lines.join("\n"));
   const stop = () => {
     void standin.close().then(() => process.exit(0));
@@ -648,10 +672,4 @@ async function main(): Promise<void> {
   process.once("SIGTERM", stop);
 }
 
-const entry = process.argv[1];
-if (entry && import.meta.url === pathToFileURL(path.resolve(entry)).href) {
-  main().catch((err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  });
-}
+runAsEntry(import.meta.url, CLI, main);

@@ -29,6 +29,7 @@ import { makeSimImage } from "../modules/host/update-sink";
 import { ensureDevReleaseKey, signImage, type ReleaseKey } from "./release";
 import { FIRMWARE_OPERATION, KEYS_OPERATION } from "../modules/core/update";
 import type { KeyUpdate, SignedRelease } from "../modules/core/release";
+import { libraryEntry } from "./lib/cli";
 
 export type ExecutionStatus = "QUEUED" | "IN_PROGRESS" | "SUCCEEDED" | "FAILED" | "REJECTED" | "CANCELED";
 const TERMINAL = new Set<ExecutionStatus>(["SUCCEEDED", "FAILED", "REJECTED", "CANCELED"]);
@@ -473,3 +474,9 @@ export async function demoUpdate(o: DemoOptions): Promise<DemoResult> {
     if (!o.service) service.close();
   }
 }
+
+libraryEntry(import.meta.url, "update-service", `tools/update-service.ts is a library, not a command.
+
+The AWS side of firmware updates for the local stand-in: AWS IoT Jobs and MQTT file
+streams, played inside the broker. npm start -- --demo-update uses it to deliver a signed
+update and then offer a refused downgrade; tools/release.ts signs releases.`);

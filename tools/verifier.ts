@@ -15,6 +15,7 @@ import nacl from "tweetnacl";
 import { openEnvelope, type DoorEvent } from "../modules/core/events";
 import { fromHex } from "../modules/core/bytes";
 import { TOPIC_ROOT } from "../modules/core/topics";
+import { runAsEntry, UserError } from "./lib/cli";
 
 export type RejectReason = "format" | "unknown-thing" | "wrong-thing" | "signature" | "replay";
 
@@ -75,13 +76,24 @@ export class EventVerifier {
   }
 }
 
-async function main(argv: string[]): Promise<number> {
-  if (argv.length < 3) {
-    process.stderr.write("usage: tsx tools/verifier.ts <thing> <public-key-hex> <payload-file>...\n");
-    return 2;
-  }
+const CLI = {
+  name: "verifier",
+  usage: `usage: npx tsx tools/verifier.ts <thing> <public-key-hex> <payload-file>...
+
+Checks saved Doorward event payloads (the bytes of an MQTT message on
+doorward/<thing>/events) as the cloud does: envelope format, thing name, Ed25519
+signature under the thing's public key, and rising sequence numbers across the files
+in the order given. Prints one line per file; exits 1 if any is refused.
+
+  -h, --help     this text`,
+  options: {},
+  positionals: { min: 3, max: Number.MAX_SAFE_INTEGER },
+} as const;
+
+runAsEntry(import.meta.url, CLI, async ({ positionals }) => {
   const fs = await import("node:fs");
-  const [thing, keyHex, ...files] = argv;
+  const [thing, keyHex, ...files] = positionals;
+  if (!/^[0-9a-fA-F]{64}$/.test(keyHex)) throw new UserError(`the public key must be 64 hex digits (32 bytes), got ${JSON.stringify(keyHex)}`);
   const verifier = new EventVerifier({ [thing]: fromHex(keyHex) });
   let failures = 0;
   for (const file of files) {
@@ -93,8 +105,4 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   return failures ? 1 : 0;
-}
-
-if (import.meta.url === `file://${process.argv[1]}`) {
-  main(process.argv.slice(2)).then((code) => process.exit(code));
-}
+});

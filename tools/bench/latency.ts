@@ -15,6 +15,7 @@ import { HostMqttTransport } from "../../modules/host/mqtt-transport";
 import { ensureDevPki, issueThingCredentials } from "../pki";
 import { startStandin } from "../standin";
 import { CloudConsumer } from "../cloud";
+import { intOption, runAsEntry } from "../lib/cli";
 
 export interface Percentiles {
   n: number;
@@ -113,6 +114,21 @@ export async function measureLatency(presses = 1000): Promise<LatencyResult> {
   };
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  measureLatency(Number(process.argv[2] ?? 1000)).then((r) => console.log(JSON.stringify(r, null, 2)));
-}
+const CLI = {
+  name: "bench/latency",
+  usage: `usage: npx tsx tools/bench/latency.ts [PRESSES]
+
+The Node latency part of npm run bench on its own: PRESSES rings (default 1000) against
+the local stand-in, press → PUBACK and press → verified by the cloud, next to a bare
+mqtt.js QoS 1 publish on the same broker. Prints the result as JSON.
+
+  -h, --help     this text`,
+  options: {},
+  positionals: { max: 1 },
+} as const;
+
+runAsEntry(import.meta.url, CLI, async ({ positionals }) => {
+  const presses = intOption("PRESSES", positionals[0], { min: 1, max: 1_000_000 }, 1000);
+  console.log(JSON.stringify(await measureLatency(presses), null, 2));
+  return 0;
+});

@@ -10,6 +10,7 @@
  */
 import { startXsCore, type XsCore } from "../xs/core";
 import { countInstructions, valgrindAvailable } from "../xs/callgrind";
+import { intOption, runAsEntry } from "../lib/cli";
 
 /** ESP32-S3 at 240 MHz, one Xtensa instruction per x86 instruction per cycle: a lower bound. */
 export const ESP32_HZ = 240e6;
@@ -152,6 +153,21 @@ export async function measureXsRing(options: { heapRings?: number; callgrind?: b
   }
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  measureXsRing({ heapRings: Number(process.argv[2] ?? 100) }).then((r) => console.log(JSON.stringify(r, null, 2)));
-}
+const CLI = {
+  name: "bench/xs-ring",
+  usage: `usage: npx tsx tools/bench/xs-ring.ts [RINGS]
+
+The XS ring part of npm run bench on its own: meter units for boot, ring and nonce
+precompute on the real XS engine, callgrind instruction counts when valgrind is
+installed, and live heap slots before and after RINGS rings (default 100). Prints JSON.
+
+  -h, --help     this text`,
+  options: {},
+  positionals: { max: 1 },
+} as const;
+
+runAsEntry(import.meta.url, CLI, async ({ positionals }) => {
+  const heapRings = intOption("RINGS", positionals[0], { min: 1, max: 1_000_000 }, 100);
+  console.log(JSON.stringify(await measureXsRing({ heapRings }), null, 2));
+  return 0;
+});
