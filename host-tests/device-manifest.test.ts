@@ -38,7 +38,7 @@ const BOARDS = [...S3_BOARDS, "esp32/esp32cam"];
 const PLATFORMS = [...BOARDS, "lin"];
 const ENDPOINT = "abc123example-ats.iot.eu-west-1.amazonaws.com";
 /** SDK modules device code may import (all provided by manifest.json's includes). */
-const SDK_MODULES = ["preference", "timer", "time", "net", "crypt", "gcm", "Resource", "mc/config", "mc/ffi"];
+const SDK_MODULES = ["preference", "timer", "time", "net", "crypt", "gcm", "Resource", "mc/config", "mc/ffi", "worker"];
 
 type Json = Record<string, any>;
 

@@ -121,7 +121,7 @@ test("offline/online Ed25519 signatures are byte-identical on XS and Node, and s
   const onNode = MESSAGES.map((m) => signer.sign(utf8Encode(m)));
 
   t.deepEqual(onXs.publicKey, signer.publicKey);
-  t.deepEqual(onXs.stats, { online: 4, slow: 1, precomputed: 4 });
+  t.deepEqual(onXs.stats, { online: 4, slow: 1, precomputed: 4, waited: 0 });
   t.deepEqual(onXs.stats, { ...signer.stats });
   // The health tests' start-up sample, then 32 bytes per nonce.
   t.is(onXs.drawn, STARTUP_BYTES + 4 * 32);

@@ -6,15 +6,26 @@
  * doorward/<thing>/events. Everything slow (nonce precomputation) happens while
  * the bell is idle, scheduled through the one clock; the press itself does a
  * canonical encode, one SHA-512 and a little BigInt arithmetic.
+ *
+ * With a HeavyCrypto port on a second core (./heavy-crypto) the pool is kept
+ * full by the worker, one nonce at a time, whatever the main machine is doing.
+ * The nonce policy then has two more rules:
+ *  - the last `nonceReserve` nonces are for rings only: a snapshot, status or
+ *    audit event that finds only the reserve waits (emitWhenReady) for the
+ *    worker's next nonce, so it never takes the nonce the next press needs;
+ *  - a press that finds the pool empty does not block for a full sign: its
+ *    event is stamped at the press and signed with a nonce made for it on the
+ *    worker, ahead of every refill. Counted (signer.stats.waited) and logged.
  */
 import type { Button, Clock, KeyValueStore, Log, MqttTransport, Random, Sha512 } from "./ports";
 import { Debouncer } from "./debounce";
-import { sealEvent, EVENT_VERSION, type DoorEvent, type EventType } from "./events";
+import { sealEvent, signingMessage, EVENT_VERSION, type DoorEvent, type EventType } from "./events";
 import type { Json } from "./canonical";
 import { Link } from "./link";
 import { Outbox, type OutboxKind, type OutboxOptions } from "./outbox";
 import { SequenceCounter } from "./sequence";
 import { Ed25519Signer } from "./signer";
+import type { HeavyCrypto } from "./heavy-crypto";
 import { assertThingName, topicsFor } from "./topics";
 
 /** How long to wait before asking again when precomputation was deferred. */
@@ -23,6 +34,14 @@ const PRECOMPUTE_RETRY_MS = 500;
 const REPORT_RETRY_MS = 1000;
 /** At most one drop report per this interval: a flood of drops becomes one report with the totals. */
 const REPORT_MIN_INTERVAL_MS = 30_000;
+/**
+ * Pool and reserve (see `npm run bench`, device timeline): with one nonce per
+ * ~3.6 s from the worker on the device model, 8 nonces carry 5 rings with
+ * their snapshots in a minute, and 2 held back for rings cover a visitor who
+ * presses twice while a grant's verify holds the worker.
+ */
+export const DEFAULT_NONCE_POOL = 8;
+export const DEFAULT_NONCE_RESERVE = 2;
 
 export interface DoorbellOptions {
   thing: string;
@@ -38,6 +57,14 @@ export interface DoorbellOptions {
   button?: Button;
   sha512?: Sha512;
   noncePoolSize?: number;
+  /** Nonces held back for rings (default DEFAULT_NONCE_RESERVE, at most poolSize - 1). */
+  nonceReserve?: number;
+  /**
+   * Where nonce points are made. With a concurrent one (a worker), refills run
+   * at once and in parallel, and an empty pool never blocks a press; without
+   * one, precomputation runs on this machine while idle, as `mayPrecompute` allows.
+   */
+  crypto?: HeavyCrypto;
   debounceMs?: number;
   /** Idle time before topping up the nonce pool, so precomputation never competes with a burst of activity. */
   precomputeDelayMs?: number;
@@ -86,6 +113,11 @@ export class Doorbell {
   #started = false;
   #reportPending: (() => void) | undefined;
   #lastReportAt = -Infinity;
+  #crypto: HeavyCrypto | undefined;
+  #refilling = false;
+  /** Events waiting for a nonce beyond the reserve, oldest first. */
+  #waiting: Array<() => boolean> = [];
+  readonly nonceReserve: number;
 
   constructor(options: DoorbellOptions) {
     this.#options = options;
@@ -97,9 +129,11 @@ export class Doorbell {
       boot: this.sequence.boot,
       publicKey: options.signingPublicKey,
       sha512: options.sha512,
-      poolSize: options.noncePoolSize,
+      poolSize: options.noncePoolSize ?? DEFAULT_NONCE_POOL,
       onRngFailure: (reason) => options.log("error", "RNG failed its health tests: no more precomputed nonces this boot, every event is signed deterministically", { reason }),
     });
+    this.nonceReserve = Math.max(0, Math.min(options.nonceReserve ?? DEFAULT_NONCE_RESERVE, this.signer.poolSize - 1));
+    this.#crypto = options.crypto?.concurrent ? options.crypto : undefined;
     // Signed events are written to flash before they are sent (the same store as the sequence marks).
     this.outbox = new Outbox({
       ...options.outbox,
@@ -125,7 +159,7 @@ export class Doorbell {
     this.#debouncer = new Debouncer({
       quietMs: options.debounceMs,
       now: () => options.clock.monotonic(),
-      onPress: () => this.press(),
+      onPress: () => this.#pressed(),
     });
   }
 
@@ -142,6 +176,7 @@ export class Doorbell {
   stop(): void {
     this.#started = false;
     this.#cancelPrecompute?.();
+    this.#waiting = [];
     this.#reportPending?.();
     this.#reportPending = undefined;
     this.#options.button?.stop();
@@ -157,9 +192,42 @@ export class Doorbell {
   press(): RingRecord {
     this.#options.onPress?.();
     const ring = this.emit("ring", {});
+    this.#ringed(ring);
+    return ring;
+  }
+
+  #ringed(ring: RingRecord): void {
     this.#options.log("info", "ring", { seq: ring.seq, online: this.link.online });
     this.#options.onRing?.(ring);
-    return ring;
+  }
+
+  /** The button's path: with a worker and an empty pool, the ring is signed when its own nonce arrives. */
+  #pressed(): void {
+    const crypto = this.#crypto;
+    if (!crypto || this.signer.ready > 0) {
+      this.press();
+      return;
+    }
+    this.#options.onPress?.();
+    const time = this.#options.clock.wallTime() ?? null;
+    this.#options.log("warn", "nonce pool empty: ring waits for a nonce from the worker", {});
+    void this.#sealWithOwnNonce(crypto, time);
+  }
+
+  async #sealWithOwnNonce(crypto: HeavyCrypto, time: number | null): Promise<void> {
+    try {
+      const event = this.#event("ring", {}, time);
+      const signature = await this.signer.signWhenReady(signingMessage(event), crypto);
+      if (!this.#started) return;
+      this.#ringed(this.#queue(event, sealEvent(event, { publicKey: this.signer.publicKey, sign: () => signature }), "ring"));
+    } catch (e) {
+      this.#options.log("error", "ring could not be signed", { reason: String((e as Error)?.message ?? e) });
+    }
+  }
+
+  /** Nonces an event other than a ring may take now (those beyond the reserve). */
+  get spareNonces(): number {
+    return Math.max(0, this.signer.ready - this.nonceReserve);
   }
 
   /**
@@ -170,25 +238,63 @@ export class Doorbell {
     return this.#emit(type, fields, type);
   }
 
-  #emit(type: EventType, fields: Record<string, Json>, kind: OutboxKind, covers?: number, coversUnreadable?: number): SentEvent {
-    const event: DoorEvent = {
+  /**
+   * emit(), for events that can wait: with a worker, an event other than a ring
+   * that finds only the reserve left waits for the next refill instead of
+   * taking a ring's nonce. Its time is the moment of the call; its seq is
+   * given when it is sealed. Without a worker it is emit().
+   */
+  emitWhenReady(type: EventType, fields: Record<string, Json>): Promise<SentEvent> {
+    if (!this.#crypto || (this.#waiting.length === 0 && (type === "ring" || this.spareNonces > 0))) {
+      try {
+        return Promise.resolve(this.emit(type, fields));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
+    const time = this.#options.clock.wallTime() ?? null;
+    return new Promise<SentEvent>((resolve, reject) => {
+      this.#waiting.push(() => {
+        if (type === "ring" ? this.signer.ready === 0 : this.spareNonces === 0) return false;
+        try {
+          resolve(this.#queue(this.#event(type, fields, time), null, type));
+        } catch (e) {
+          reject(e);
+        }
+        return true;
+      });
+      this.#topUp();
+    });
+  }
+
+  #event(type: EventType, fields: Record<string, Json>, time: number | null): DoorEvent {
+    return {
       ...fields,
       v: EVENT_VERSION,
       type,
       thing: this.thing,
       boot: this.sequence.boot,
       seq: this.sequence.next(),
-      time: this.#options.clock.wallTime() ?? null,
+      time,
     };
+  }
+
+  #emit(type: EventType, fields: Record<string, Json>, kind: OutboxKind, covers?: number, coversUnreadable?: number): SentEvent {
+    return this.#queue(this.#event(type, fields, this.#options.clock.wallTime() ?? null), null, kind, covers, coversUnreadable);
+  }
+
+  /** Sign (unless already signed), store and send one event; then start refilling. */
+  #queue(event: DoorEvent, sealed: Uint8Array | null, kind: OutboxKind, covers?: number, coversUnreadable?: number): SentEvent {
     const slowBefore = this.signer.stats.slow;
-    const payload = sealEvent(event, this.signer);
+    const payload = sealed ?? sealEvent(event, this.signer);
     if (this.signer.stats.slow !== slowBefore) this.#options.log("warn", "nonce pool empty: event signed on the slow path", { seq: event.seq });
-    if (type === "ring") this.rings++;
+    if (event.type === "ring") this.rings++;
     let resolveAcked!: () => void;
     const acked = new Promise<void>((resolve) => (resolveAcked = resolve));
     const stored = this.outbox.add({ topic: this.topics.events, payload, seq: event.seq, onAcked: resolveAcked, durable: true, kind, covers, coversUnreadable });
     this.outbox.flush(this.link.online);
-    this.#schedulePrecompute(this.#options.precomputeDelayMs ?? 250);
+    if (this.#crypto) this.#topUp();
+    else this.#schedulePrecompute(this.#options.precomputeDelayMs ?? 250);
     return { seq: event.seq, event, payload, acked, stored };
   }
 
@@ -212,6 +318,7 @@ export class Doorbell {
       outboxStored: this.outbox.durableDepth,
       outboxDropped: this.outbox.dropped,
       noncesReady: this.signer.ready,
+      noncesMaking: this.signer.inFlight,
       signatures: { ...this.signer.stats },
     };
   }
@@ -226,7 +333,7 @@ export class Doorbell {
       this.#reportPending = undefined;
       if (!this.#started || !this.outbox.needsReport()) return;
       // Wait for a precomputed nonce rather than block seconds on the slow path (bounded: the pool refills while idle).
-      if (this.signer.ready === 0 && delayMs < 8 * REPORT_RETRY_MS) return this.#scheduleDropReport(delayMs + REPORT_RETRY_MS);
+      if (this.spareNonces === 0 && delayMs < 8 * REPORT_RETRY_MS) return this.#scheduleDropReport(delayMs + REPORT_RETRY_MS);
       const l = this.outbox.ledger;
       this.#lastReportAt = this.#options.clock.monotonic();
       try {
@@ -245,8 +352,37 @@ export class Doorbell {
     }, delayMs);
   }
 
-  /** Top the nonce pool up one nonce at a time, yielding to the event loop between nonces. */
+  /** Keep one refill on the worker while the pool has room; serve waiting events as nonces arrive. */
+  #topUp(): void {
+    const crypto = this.#crypto;
+    if (!crypto || !this.#started || this.#refilling) return;
+    this.#serveWaiting();
+    if (this.signer.ready + this.signer.inFlight >= this.signer.poolSize) return;
+    this.#refilling = true;
+    const priority = this.signer.ready <= this.nonceReserve ? "urgent" : "refill";
+    this.signer.refill(crypto, priority).then(
+      () => {
+        this.#refilling = false;
+        this.#topUp();
+      },
+      (e) => {
+        this.#refilling = false;
+        this.#options.log("error", "nonce refill failed", { reason: String((e as Error)?.message ?? e) });
+        this.#options.clock.schedule(() => this.#topUp(), PRECOMPUTE_RETRY_MS);
+      },
+    );
+  }
+
+  #serveWaiting(): void {
+    while (this.#waiting.length > 0 && this.#waiting[0]()) this.#waiting.shift();
+  }
+
+  /** Top the nonce pool up one nonce at a time on this machine, yielding to the event loop between nonces. */
   #schedulePrecompute(delayMs: number): void {
+    if (this.#crypto) {
+      this.#topUp();
+      return;
+    }
     this.#cancelPrecompute?.();
     this.#cancelPrecompute = this.#options.clock.schedule(() => {
       this.#cancelPrecompute = undefined;

@@ -18,6 +18,7 @@ import { AccessControl, type CommandOutcome } from "./commands";
 import { deviceBoxSecretFromSeed } from "./access";
 import { Doorbell, type RingRecord } from "./doorbell";
 import type { EgressGuard } from "./egress";
+import type { HeavyCrypto } from "./heavy-crypto";
 
 export interface FirmwarePorts {
   clock: Clock;
@@ -37,6 +38,12 @@ export interface FirmwarePorts {
   egress?: EgressGuard;
   button?: Button;
   sha512?: Sha512;
+  /**
+   * Where the seconds-long curve work runs (./heavy-crypto): nonce points, grant
+   * and update verifies, box.before. A worker on a second core keeps presses and
+   * revokes served meanwhile; without one it all runs here.
+   */
+  crypto?: HeavyCrypto;
   /** With all three, every ring is followed by an end-to-end encrypted snapshot. */
   camera?: Camera;
   cipher?: Aead;
@@ -124,7 +131,11 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
    */
   function requestSnapshot(user: string, reason: "request" | "live-view"): void {
     if (!snapshots || snapshots.busy) return;
-    void snapshots.onRing(doorbell.emit("status", { snapshot: reason, user }));
+    const s = snapshots;
+    doorbell.emitWhenReady("status", { snapshot: reason, user }).then(
+      (event) => void s.onRing(event),
+      (e) => log("error", "snapshot request could not be signed", { reason: String((e as Error)?.message ?? e) }),
+    );
   }
   let updates: UpdateAgent | undefined;
   const update = ports.update;
@@ -157,6 +168,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     log,
     button: ports.button,
     sha512: ports.sha512,
+    crypto: ports.crypto,
     onPress: () => {
       ports.onPress?.();
       ports.onChime?.();
@@ -182,7 +194,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     });
   }
   const egress = ports.egress;
-  const detachAudit = egress?.attachReporter({ clock: ports.clock, emit: (fields) => void doorbell.emit("audit", fields), mayReport: () => doorbell.signer.ready > 0 });
+  const detachAudit = egress?.attachReporter({ clock: ports.clock, emit: (fields) => void doorbell.emit("audit", fields), mayReport: () => doorbell.spareNonces > 0 });
   doorbell.start();
   updates?.start();
   return {

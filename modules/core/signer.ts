@@ -25,10 +25,16 @@
  * When the pool is empty the signer falls back to a deterministic RFC 8032 sign
  * (no nonce to misuse: r comes from the key and the message), counts it, and the
  * caller logs it: never a silent slowdown.
+ *
+ * With a HeavyCrypto port (./heavy-crypto) the expensive half runs on a worker:
+ * refill() sends only the one-time seed there and gets R back, and
+ * signWhenReady() asks for a nonce of its own, ahead of any refill, instead of
+ * blocking the main machine for a full sign. The signing key never leaves.
  */
 import nacl from "tweetnacl";
 import type { Random, Sha512 } from "./ports";
 import type { Signer } from "./events";
+import type { CryptoPriority, HeavyCrypto } from "./heavy-crypto";
 import { concatBytes, u64be, utf8Encode, wipe } from "./bytes";
 import { RngHealth } from "./rng-health";
 
@@ -82,12 +88,14 @@ export interface SignerStats {
   slow: number;
   /** Nonces made since boot. */
   precomputed: number;
+  /** Signatures that waited for a nonce made for them on the worker (pool empty, main machine not blocked). */
+  waited: number;
 }
 
 export class Ed25519Signer implements Signer {
   readonly publicKey: Uint8Array;
   readonly poolSize: number;
-  readonly stats: SignerStats = { online: 0, slow: 0, precomputed: 0 };
+  readonly stats: SignerStats = { online: 0, slow: 0, precomputed: 0, waited: 0 };
   #a: bigint;
   #prefix: Uint8Array;
   #secretKey: Uint8Array;
@@ -95,6 +103,7 @@ export class Ed25519Signer implements Signer {
   #random: Random;
   #boot: number;
   #sha512: Sha512;
+  #inFlight = 0;
   #health = new RngHealth();
   #onRngFailure: ((reason: string) => void) | undefined;
 
@@ -127,24 +136,90 @@ export class Ed25519Signer implements Signer {
     return this.#pool.length;
   }
 
+  /** Nonces being made on a worker (see refill). */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
   /** Make one nonce if the pool has room. This is the expensive step (~one full sign); call it when idle. */
   precompute(): boolean {
-    if (this.#pool.length >= this.poolSize) return false;
+    if (this.#pool.length + this.#inFlight >= this.poolSize) return false;
+    const seed = this.#oneTimeSeed();
+    if (!seed) return false;
+    const oneTimeKey = new Uint8Array(64);
+    oneTimeKey.set(seed);
+    const R = nacl.sign.detached(EMPTY, oneTimeKey).slice(0, 32);
+    wipe(oneTimeKey);
+    this.#pool.push(this.#nonceFor(seed, R));
+    wipe(seed);
+    return true;
+  }
+
+  /**
+   * Make one nonce on the worker if the pool (counting nonces already being
+   * made) has room. Resolves true once it is in the pool; false if there was no
+   * room or the RNG has failed. Rejects if the worker fails; the seed is gone either way.
+   */
+  async refill(crypto: HeavyCrypto, priority: CryptoPriority = "refill"): Promise<boolean> {
+    if (this.#pool.length + this.#inFlight >= this.poolSize) return false;
+    const seed = this.#oneTimeSeed();
+    if (!seed) return false;
+    this.#inFlight++;
+    try {
+      const R = await crypto.noncePoint(seed, priority);
+      // The RNG may have failed while this nonce was being made: it is dropped with the rest.
+      if (this.#health.failure !== undefined) return false;
+      this.#pool.push(this.#nonceFor(seed, R));
+      return true;
+    } finally {
+      this.#inFlight--;
+      wipe(seed);
+    }
+  }
+
+  /**
+   * Sign now from the pool, or, when it is empty, with a nonce made on the
+   * worker for this signature alone (ahead of queued refills). The main machine
+   * stays free meanwhile; the nonce never enters the pool. With a failed RNG
+   * it is the deterministic sign, as sign() would do.
+   */
+  async signWhenReady(message: Uint8Array, crypto: HeavyCrypto): Promise<Uint8Array> {
+    if (this.#pool.length > 0) return this.sign(message);
+    const seed = this.#oneTimeSeed();
+    if (!seed) return this.sign(message);
+    let nonce: Nonce;
+    try {
+      nonce = this.#nonceFor(seed, await crypto.noncePoint(seed, "urgent"));
+    } finally {
+      wipe(seed);
+    }
+    if (this.#health.failure !== undefined) return this.sign(message);
+    this.stats.waited++;
+    return this.#online(nonce, message);
+  }
+
+  /** A hedged one-time seed, unique per boot and counter; undefined (and the pool emptied) once the RNG fails its health tests. */
+  #oneTimeSeed(): Uint8Array | undefined {
     const fresh = new Uint8Array(32);
     if (!this.#health.draw(this.#random, fresh)) {
       this.#refuseNonces();
-      return false;
+      return undefined;
     }
     const digest = this.#sha512(concatBytes(NONCE_DOMAIN, this.#prefix, fresh, u64be(this.#boot), u64be(this.stats.precomputed)));
     this.stats.precomputed++;
-    const oneTimeKey = new Uint8Array(64);
-    oneTimeKey.set(digest.subarray(0, 32));
-    const R = nacl.sign.detached(EMPTY, oneTimeKey).slice(0, 32);
-    const expanded = this.#sha512(oneTimeKey.subarray(0, 32));
+    const seed = digest.slice(0, 32);
+    wipe(fresh); wipe(digest);
+    return seed;
+  }
+
+  /** r exactly as tweetnacl derives it when signing the empty message under the seed (so R = r·B). */
+  #nonceFor(seed: Uint8Array, R: Uint8Array): Nonce {
+    if (!(R instanceof Uint8Array) || R.length !== 32) throw new TypeError("signer: nonce point must be 32 bytes");
+    const expanded = this.#sha512(seed);
     const rHash = this.#sha512(expanded.subarray(32, 64));
-    this.#pool.push({ r: littleEndianToBigInt(rHash) % L, R });
-    wipe(fresh); wipe(digest); wipe(oneTimeKey); wipe(expanded); wipe(rHash);
-    return true;
+    const nonce = { r: littleEndianToBigInt(rHash) % L, R: R.slice() };
+    wipe(expanded); wipe(rHash);
+    return nonce;
   }
 
   /** The RNG failed: drop every nonce, since the failure may have begun before the test saw it. */
@@ -166,6 +241,10 @@ export class Ed25519Signer implements Signer {
       this.stats.slow++;
       return nacl.sign.detached(message, this.#secretKey);
     }
+    return this.#online(nonce, message);
+  }
+
+  #online(nonce: Nonce, message: Uint8Array): Uint8Array {
     const k = littleEndianToBigInt(this.#sha512(concatBytes(nonce.R, this.publicKey, message))) % L;
     const S = (nonce.r + k * this.#a) % L;
     nonce.r = 0n;

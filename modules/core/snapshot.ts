@@ -48,6 +48,8 @@ export interface SnapshotHost {
   readonly thing: string;
   readonly topics: { readonly snapshots: string };
   emit(type: "snapshot", fields: Record<string, Json>): SentEvent;
+  /** Like emit, but may wait for a nonce rather than take one a ring needs (the Doorbell's nonce reserve). */
+  emitWhenReady?(type: "snapshot", fields: Record<string, Json>): Promise<SentEvent>;
   send(topic: string, payload: Uint8Array, seq: number): Promise<void>;
 }
 
@@ -433,9 +435,10 @@ export class Snapshotter {
       o.camera.release?.();
       let event: SentEvent;
       try {
-        event = o.host.emit("snapshot", manifestFields({
+        const fields = manifestFields({
           ring: ring.seq, id, size: sealer.size, chunks: sealer.total, chunkBytes: this.chunkBytes, digest: sealer.digest(), wrapping,
-        }));
+        });
+        event = o.host.emitWhenReady ? await o.host.emitWhenReady("snapshot", fields) : o.host.emit("snapshot", fields);
       } catch (e) {
         return fail("event-failed", String((e as Error)?.message ?? e));
       }

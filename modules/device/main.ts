@@ -44,6 +44,8 @@ import { ConsoleProvisioner } from "./provision-serial";
 import { createRandom } from "./random";
 import { endpointAllowed, parseSettings, SettingsError, type DeviceSettings } from "./settings";
 import { createSha512 } from "./sha512";
+import { startDeviceCryptoWorker } from "./crypto-worker";
+import type { HeavyCrypto } from "../core/heavy-crypto";
 import { TimeSync } from "./sntp";
 import { openStore } from "./store";
 import { openVaultStore } from "./vault-store";
@@ -58,6 +60,8 @@ interface Device {
   chime: Chime | undefined;
   random: ReturnType<typeof createRandom>;
   sha512: ReturnType<typeof createSha512>;
+  /** Nonce points, verifies and box.before on the second core; undefined if the worker could not start. */
+  crypto: HeavyCrypto | undefined;
 }
 
 /** Held for the life of the program, so nothing the firmware owns (pins, timers, sockets) is collected. */
@@ -104,10 +108,20 @@ export default function main(): void {
     onStatus: (status) => log(board.led ? "debug" : "info", "status", { status }),
   });
   const chime = board.chime ? new Chime({ write: board.chime, pattern: settings.chime?.pattern ?? [200], schedule }) : undefined;
-  device = { settings, egress, clock, log, board, led, chime, random, sha512: createSha512() };
+  device = { settings, egress, clock, log, board, led, chime, random, sha512: createSha512(), crypto: startCrypto(log) };
   led.set("connecting");
   log("info", "doorward device", { board: settings.board, broker: settings.broker.host, vaultKey: board.keyKind });
   boot(device);
+}
+
+/** The crypto worker, or this machine alone (slower to answer, never wrong) if it cannot start. */
+function startCrypto(log: Log): HeavyCrypto | undefined {
+  try {
+    return startDeviceCryptoWorker().crypto;
+  } catch (e) {
+    log("warn", "crypto worker did not start: curve work runs on the main machine", { reason: reason(e) });
+    return undefined;
+  }
 }
 
 function boot(d: Device): void {
@@ -122,6 +136,7 @@ function boot(d: Device): void {
       keys: board.keys,
       log,
       sha512: d.sha512,
+      crypto: d.crypto,
       egress: d.egress.guard,
       transport: (identity) => transportFor(d, identity),
       button: createButton(settings.button),
