@@ -136,7 +136,7 @@ test("expired, and no trusted time yet", (t) => {
 });
 
 test("replay: the same command twice, an older counter, and a replay after a reboot", (t) => {
-  const { tb, viewer } = bed();
+  const { tb, viewer, clock } = bed();
   const first = viewer.command("snapshot");
   const older = viewer.command("snapshot", {}, { ctr: first.body.ctr - 5 });
   t.true(tb.send(viewer, first).ok);
@@ -144,10 +144,13 @@ test("replay: the same command twice, an older counter, and a replay after a reb
   t.is(tb.send(viewer, older).reason, "replay");
   const next = viewer.command("snapshot");
   t.true(tb.send(viewer, next).ok);
-  // A reboot rebuilds everything from the stores: the high-water mark survived.
+  // A reboot (which takes a few seconds) forgets the RAM marks, but a counter stamped before the boot began is refused.
+  clock.advance(3000);
   tb.boot();
-  t.is(tb.send(viewer, next).reason, "replay");
+  const again = tb.send(viewer, next);
+  t.is(again.reason, "replay");
   t.is(tb.send(viewer, first).reason, "replay");
+  t.true(typeof again.read.reply.next === "number" && again.read.reply.next > next.body.ctr, "the sealed refusal names the next counter");
   t.true(tb.send(viewer, viewer.command("snapshot")).ok);
 });
 
@@ -177,7 +180,7 @@ test("busy: live sessions are bounded", (t) => {
   t.is(tb.access.sessions.active().length, 2);
 });
 
-test("storage-failed: a counter that cannot be stored means the command does not run", (t) => {
+test("accepted commands write no flash: they work on a store that refuses every write", (t) => {
   const { tb, viewer } = bed();
   const store = tb.store as KeyValueStore;
   const write = store.write.bind(store);
@@ -185,8 +188,8 @@ test("storage-failed: a counter that cannot be stored means the command does not
     throw new Error("flash worn out");
   };
   const r = tb.send(viewer, viewer.command("snapshot"));
-  t.is(r.reason, "storage-failed");
-  t.is(r.action, undefined);
+  t.true(r.ok, r.detail);
+  t.is(r.action?.type, "snapshot");
   store.write = write;
   t.true(tb.send(viewer, viewer.command("snapshot")).ok);
 });

@@ -298,7 +298,10 @@ function ntpReply(request: Uint8Array, unixSeconds: number, patch: (b: Uint8Arra
 test.serial("SNTP asks the allowlisted NTP host only, and takes only the reply to its own request", async (t) => {
   reset();
   const egress = new DeviceEgress(new EgressGuard(parseEgressConfig(config)), fakes);
-  const Sntp = egress.sntpClass("device/sntp");
+  // The request's transmit timestamp is the random source's bytes, all 64 bits: nothing clock-based to predict.
+  const given: Uint8Array[] = [];
+  const random = { fill: (b: Uint8Array) => { b.set(crypto.randomBytes(b.length)); given.push(b.slice()); } };
+  const Sntp = egress.sntpClass(random, "device/sntp");
   const messages: Array<[number, unknown]> = [];
   new Sntp({ host: "TIME.AWS.COM" }, (m: number, v: unknown) => messages.push([m, v]));
   await settle();
@@ -307,6 +310,8 @@ test.serial("SNTP asks the allowlisted NTP host only, and takes only the reply t
   t.is(udp.writes.length, 1);
   const { data, address, port } = udp.writes[0];
   t.deepEqual([address, port, data.length, data[0] & 7], [NTP_IP, 123, 48, 3]);
+  t.is(given.length, 1);
+  t.deepEqual([...data.subarray(40, 48)], [...given[0]], "the transmit timestamp is 8 random bytes");
   const when = 1_800_000_000;
   udp.deliver(ntpReply(data, when), "192.0.2.99", 123); // another source
   udp.deliver(ntpReply(data, when), NTP_IP, 1123); // another port
@@ -320,7 +325,8 @@ test.serial("SNTP asks the allowlisted NTP host only, and takes only the reply t
   udp.deliver(ntpReply(udp.writes[0].data, when), NTP_IP, 123);
   t.deepEqual(messages.at(-1), [SNTP_TIME, when]);
   t.true(udp.closed);
-  t.is(parseNtpReply(ntpReply(data, when), new DataView(data.buffer).getUint32(44)), when * 1000 + 500);
+  t.is(parseNtpReply(ntpReply(data, when), data.slice(40, 48)), when * 1000 + 500);
+  t.is(parseNtpReply(ntpReply(data, when, (b) => (b[24] ^= 1)), data.slice(40, 48)), undefined, "all 64 bits must echo");
 
   // The same socket class refuses to write anywhere else.
   t.throws(() => udp.write.call(udp, new Uint8Array(48), "192.0.2.66", 123));

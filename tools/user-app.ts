@@ -134,7 +134,11 @@ export class UserApp {
   /** Read a reply; learns the generation from authenticated replies addressed to this app. */
   read(payload: Uint8Array): ReadReply {
     const r = readReply(payload, this.#derived.reply);
-    if (r.authenticated && r.reply.from === this.id && r.reply.thing === this.thing) this.gen = r.reply.gen;
+    if (r.authenticated && r.reply.from === this.id && r.reply.thing === this.thing) {
+      this.gen = r.reply.gen;
+      // A counter refused as older than the device's boot: the device names the next one it takes.
+      if (r.reply.reason === "replay" && typeof r.reply.next === "number") this.#lastCtr = Math.max(this.#lastCtr, r.reply.next - 1);
+    }
     return r;
   }
 

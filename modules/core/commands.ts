@@ -12,8 +12,22 @@
  * Checks run cheapest first, and nothing changes until all pass:
  *   size and nesting → envelope shape → sender listed (else revoked /
  *   unknown-sender) → MAC → body shape → thing → generation → expiry → replay
- *   → role. Then the sender's counter is stored (before acting, so a power cut
- *   can lose a command but never let it run twice) and the command runs.
+ *   → role. Then the sender's counter is raised and the command runs.
+ *
+ * Freshness does not rest on the wall clock, which SNTP sets without
+ * authentication. Three things carry it (docs/access.md, "Freshness"):
+ *   - the generation: every command names the list generation it was made
+ *     for, and every access change moves it on, so nothing made before a
+ *     change works after it;
+ *   - per-sender counters, kept in RAM (an accepted command writes no flash),
+ *     plus a boot mark: after a boot, a counter stamped before the boot began
+ *     is refused, so a command captured before a reboot cannot run again;
+ *   - expiry, judged against the clock but never below a time floor that only
+ *     the owner's authenticated commands raise (persisted with access changes).
+ * Revocations (revoke, revoke-all) ask nothing of the clock: an authentic one
+ * from the owner, for the generation in force and with a counter above the
+ * owner's last, is applied however wrong the device's time is. Replaying one
+ * is harmless: the change it made moved the generation on.
  * Every outcome, including hostile bytes, is a reply with a reason code; no
  * exception leaves handleCommand. Replies to an authenticated sender also carry
  * a seal under the sender's reply key, so the app knows the device said it.
@@ -25,6 +39,7 @@ import nacl from "tweetnacl";
 import type { Clock, KeyValueStore, Log, Random, SecretStore, Sha512 } from "./ports";
 import { canonicalBytes, jsonNestsDeeper, parseCanonical, type Json } from "./canonical";
 import { fromBase64Url, toBase64Url, utf8Decode } from "./bytes";
+import { encodeJsonRecord, readJsonRecord } from "./record";
 import { isThingName } from "./topics";
 import {
   AccessList,
@@ -52,8 +67,14 @@ export const MAX_STREAM_SECONDS = 600;
 const OUTER_MAX_DEPTH = 1;
 const INNER_MAX_DEPTH = 5;
 const NONCE_BYTES = 24;
-/** One KeyValueStore entry; "dw." like the sequence counter's, clear of the vault's "v…" records. */
+/**
+ * One KeyValueStore entry; "dw." like the sequence counter's, clear of the vault's "v…" records.
+ * It holds the owner's time floor, written only with access changes: accepted commands write no flash.
+ */
 export const REPLAY_KEY = "dw.acl.hw";
+const REPLAY_KIND = "acl-hw";
+/** Revocations are applied without a look at the clock (see the head of this file). */
+const CLOCK_FREE: ReadonlySet<string> = new Set(["revoke", "revoke-all"]);
 
 export type Op = "snapshot" | "chime-test" | "stream-start" | "stream-stop" | "access-update" | "revoke" | "revoke-all";
 
@@ -91,7 +112,10 @@ export interface CommandBody {
   from: string;
   /** The access-list generation the sender believes current. */
   gen: number;
-  /** Per-sender counter, strictly increasing (apps use max(last + 1, wall ms)). */
+  /**
+   * Per-sender counter, strictly increasing and at least the sender's wall ms:
+   * apps use max(last + 1, wall ms), or the `next` of a replay refusal.
+   */
   ctr: number;
   /** Wall time (ms since epoch) after which the command is void. */
   exp: number;
@@ -133,6 +157,8 @@ export interface Reply {
   /** Generation in force after the command. */
   gen: number;
   result?: Json;
+  /** On a "replay" refusal: the smallest counter the device would take next from this sender. */
+  next?: number;
 }
 
 export interface ReadReply {
@@ -156,58 +182,52 @@ export function readReply(payload: Uint8Array, replyKey?: Uint8Array): ReadReply
 
 // ---- replay high-water marks ----
 
-/** Per-sender counters, persisted in one key-value entry (one atomic write per accepted command). */
+/**
+ * Per-sender counters, in RAM only, and the boot mark: the lowest counter a
+ * command may carry in this boot (counters are the sender's wall ms, see
+ * CommandBody.ctr, so one below the boot's start was made before the boot).
+ */
 export class ReplayGuard {
-  #store: KeyValueStore;
   #marks = new Map<string, number>();
-
-  constructor(store: KeyValueStore) {
-    this.#store = store;
-    const raw = store.read(REPLAY_KEY);
-    if (raw === undefined) return;
-    let doc: Json;
-    try {
-      doc = parseCanonical(raw, 4000);
-    } catch {
-      doc = null;
-    }
-    // Fail closed: without the marks, any old command could be replayed.
-    if (!isRecord(doc)) throw new Error("commands: stored replay marks are corrupt");
-    for (const [id, n] of Object.entries(doc)) {
-      if (!isUserId(id) || !isCount(n)) throw new Error("commands: stored replay marks are corrupt");
-      this.#marks.set(id, n);
-    }
-  }
+  #bootMark = 0;
 
   highWater(id: string): number {
     return this.#marks.get(id) ?? 0;
   }
 
-  /** Store ctr as id's mark. Throws (and keeps the old mark) if storage fails. */
+  get bootMark(): number {
+    return this.#bootMark;
+  }
+
+  /** The smallest counter id may use next, for the reply to a refused one. */
+  next(id: string): number {
+    return Math.max(this.highWater(id) + 1, this.#bootMark);
+  }
+
+  /** Above the sender's mark, and (unless boot-free) not made before this boot. */
+  fresh(id: string, ctr: number, bootFree = false): boolean {
+    return ctr > this.highWater(id) && (bootFree || ctr >= this.#bootMark);
+  }
+
+  setBootMark(ms: number): void {
+    this.#bootMark = Math.max(this.#bootMark, ms);
+  }
+
   record(id: string, ctr: number, keep: (id: string) => boolean): void {
-    const next = new Map([...this.#marks].filter(([k]) => keep(k)));
-    next.set(id, ctr);
-    this.#write(next);
-    this.#marks = next;
+    this.prune(keep);
+    this.#marks.set(id, ctr);
   }
 
   /** Forget marks of users no longer listed: their commands carry an older generation anyway. */
   prune(keep: (id: string) => boolean): void {
-    const next = new Map([...this.#marks].filter(([k]) => keep(k)));
-    if (next.size === this.#marks.size) return;
-    try {
-      this.#write(next);
-      this.#marks = next;
-    } catch {
-      // Harmless to keep them.
-    }
+    for (const id of [...this.#marks.keys()]) if (!keep(id)) this.#marks.delete(id);
   }
+}
 
-  #write(marks: Map<string, number>): void {
-    const doc: Record<string, Json> = {};
-    for (const [k, v] of marks) doc[k] = v;
-    this.#store.write(REPLAY_KEY, canonicalBytes(doc));
-  }
+/** The owner's time floor as last stored (0 when there is none or it is damaged). */
+export function readTimeFloor(store: KeyValueStore): number {
+  const read = readJsonRecord(store, REPLAY_KEY, REPLAY_KIND, { maxDepth: 1 });
+  return read.state === "ok" && isRecord(read.value) && isCount(read.value.floor) ? read.value.floor : 0;
 }
 
 // ---- live sessions ----
@@ -343,6 +363,8 @@ interface Context {
   n: string | null;
   op: Op | null;
   replyKey: Uint8Array | null;
+  /** For a replay refusal to an authenticated sender: the smallest counter that would be fresh. */
+  next?: number;
 }
 
 export class AccessControl {
@@ -351,6 +373,11 @@ export class AccessControl {
   readonly sessions: LiveSessions;
   readonly replay: ReplayGuard;
   #o: AccessControlOptions;
+  /** Wall time never goes below this: the owner's authenticated commands vouch for it. */
+  #timeFloor: number;
+  #storedFloor: number;
+  #bootMonotonic: number;
+  #bootMarked = false;
 
   constructor(options: AccessControlOptions) {
     if (!isThingName(options.thing)) throw new TypeError("commands: bad thing name");
@@ -364,7 +391,11 @@ export class AccessControl {
       sha512: options.sha512,
       verifySignature: options.verifySignature,
     });
-    this.replay = new ReplayGuard(options.store);
+    this.replay = new ReplayGuard();
+    this.#bootMonotonic = options.clock.monotonic();
+    this.#storedFloor = this.#timeFloor = readTimeFloor(options.store);
+    if (this.#storedFloor === 0 && options.store.read(REPLAY_KEY) !== undefined) options.log("warn", "commands: stored time floor unreadable; starting from none");
+    this.#trustedNow();
     this.sessions = new LiveSessions({
       clock: options.clock,
       intervalMs: options.streamIntervalMs ?? 2000,
@@ -380,6 +411,38 @@ export class AccessControl {
 
   get generation(): number {
     return this.list.generation;
+  }
+
+  /** The owner-vouched time floor (ms since the epoch): the clock's judge (./time-check) refuses network time below it. */
+  get timeFloor(): number {
+    return this.#timeFloor;
+  }
+
+  /**
+   * The wall time commands are judged by: the clock, never below the owner's
+   * floor. The first time it is known in a boot it also fixes the boot mark:
+   * the wall time this AccessControl was built at, by the monotonic clock.
+   */
+  #trustedNow(): number | undefined {
+    const wall = this.#o.clock.wallTime();
+    if (wall === undefined) return undefined;
+    const now = Math.max(wall, this.#timeFloor);
+    if (!this.#bootMarked) {
+      this.#bootMarked = true;
+      this.replay.setBootMark(Math.max(now - (this.#o.clock.monotonic() - this.#bootMonotonic), this.#timeFloor));
+    }
+    return now;
+  }
+
+  /** Stored with access changes only: a rare event that writes flash anyway. */
+  #storeTimeFloor(): void {
+    if (this.#timeFloor <= this.#storedFloor) return;
+    try {
+      this.#o.store.write(REPLAY_KEY, encodeJsonRecord(REPLAY_KIND, { floor: this.#timeFloor }));
+      this.#storedFloor = this.#timeFloor;
+    } catch {
+      this.#o.log("warn", "commands: could not store the time floor");
+    }
   }
 
   /** Wrap a snapshot's content key for everyone authorised now (see ./footage-keys). */
@@ -450,18 +513,22 @@ export class AccessControl {
     if (body.gen !== this.list.generation) {
       throw new AccessRejection("stale-generation", body.gen < this.list.generation ? "access list has changed since" : "device has not seen that generation");
     }
-    const now = this.#o.clock.wallTime();
-    if (now === undefined) throw new AccessRejection("expired", "device has no trusted time yet");
-    if (body.exp < now) throw new AccessRejection("expired", "command has expired");
-    if (body.exp > now + MAX_COMMAND_LIFETIME_MS) throw new AccessRejection("malformed", "expiry too far ahead");
-    if (body.ctr <= this.replay.highWater(from)) throw new AccessRejection("replay", "counter already used");
+    const clockFree = CLOCK_FREE.has(op);
+    const now = this.#trustedNow();
+    if (!clockFree) {
+      if (now === undefined) throw new AccessRejection("expired", "device has no trusted time yet");
+      if (body.exp < now) throw new AccessRejection("expired", "command has expired");
+      if (body.exp > now + MAX_COMMAND_LIFETIME_MS) throw new AccessRejection("malformed", "expiry too far ahead");
+    }
+    if (!this.replay.fresh(from, body.ctr, clockFree)) {
+      ctx.next = this.replay.next(from);
+      throw new AccessRejection("replay", body.ctr <= this.replay.highWater(from) ? "counter already used" : "counter is older than this boot");
+    }
     if (!PERMISSIONS[op].includes(user.role)) throw new AccessRejection("forbidden", `a ${user.role} may not ${op}`);
 
-    try {
-      this.replay.record(from, body.ctr, (id) => this.list.user(id) !== undefined);
-    } catch {
-      throw new AccessRejection("storage-failed", "could not store the replay counter");
-    }
+    this.replay.record(from, body.ctr, (id) => this.list.user(id) !== undefined);
+    // The owner's clock vouches that real time is at least this; the window check above keeps it at or below ours.
+    if (user.role === "owner" && !clockFree) this.#timeFloor = Math.max(this.#timeFloor, body.exp - MAX_COMMAND_LIFETIME_MS);
     return this.#run(op, args, user.id, ctx);
   }
 
@@ -499,6 +566,7 @@ export class AccessControl {
     }
     const ended = this.sessions.endUsers(change.removed, "revoked") + this.sessions.endUsers(change.rekeyed, "rekeyed");
     this.replay.prune((id) => this.list.user(id) !== undefined);
+    this.#storeTimeFloor();
     this.#o.log("info", "access list changed", { gen: change.gen, added: change.added.length, removed: change.removed.length, sessionsEnded: ended });
     const result: Json = { added: change.added, gen: change.gen, rekeyed: change.rekeyed, removed: change.removed };
     return this.#accept(ctx, result, { type: "access-changed", change, sessionsEnded: ended });
@@ -527,6 +595,7 @@ export class AccessControl {
     if (fields.reason !== undefined) clear.reason = fields.reason;
     if (fields.detail !== undefined) clear.detail = fields.detail;
     if (fields.result !== undefined) clear.result = fields.result;
+    if (!fields.ok && fields.reason === "replay" && ctx.next !== undefined) clear.next = ctx.next;
     // The reply key of a sender revoked by this very command is already wiped: it gets a clear reply.
     const key = ctx.replyKey && ctx.from && this.list.keysFor(ctx.from) ? ctx.replyKey : null;
     if (key) {

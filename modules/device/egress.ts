@@ -32,7 +32,7 @@ import TLSSocket from "embedded:io/socket/tcp/tls";
 import UDP from "embedded:io/socket/udp";
 import Net from "net";
 import Timer from "timer";
-import type { Log } from "../core/ports";
+import type { Log, Random } from "../core/ports";
 import { EgressGuard, EgressRefusedError, describeDestination, type EgressPurpose } from "../core/egress";
 import type { Client419Constructor, Client419Options, ResolverConstructor, SocketConstructor, SocketOptions } from "./mqtt-session";
 import { resolverClass, type Lookup } from "./resolver";
@@ -93,7 +93,6 @@ export class DeviceEgress {
   #sdk: NetworkModules;
   /** address → "port/purpose" keys it was resolved for. */
   #approved = new Map<string, Set<string>>();
-  #requestCounter = 0;
 
   constructor(guard: EgressGuard, sdk: NetworkModules) {
     this.guard = guard;
@@ -166,9 +165,11 @@ export class DeviceEgress {
    * takes it unchanged), over the ECMA-419 UDP socket. It asks only the
    * allowlisted NTP host: `host` is that name, or an address this module
    * resolved for it. It accepts only a server reply that echoes this
-   * request's transmit timestamp and comes from that address and port.
+   * request's transmit timestamp and comes from that address and port. That
+   * timestamp is 64 random bits from `random`, so an off-path forger cannot
+   * guess it (a clock-based one could be predicted from the time of day).
    */
-  sntpClass(requester = "device/sntp", tries = 5, retryMs = 5000): SntpClass {
+  sntpClass(random: Random, requester = "device/sntp", tries = 5, retryMs = 5000): SntpClass {
     const egress = this;
     const Udp = this.#pinnedUdp("ntp", requester);
     return class Sntp implements SntpClient {
@@ -214,10 +215,11 @@ export class DeviceEgress {
       #query(address: string, port: number): void {
         if (this.#done) return;
         const request = new Uint8Array(NTP_PACKET);
-        // LI 0, version 4, mode 3 (client), and a transmit timestamp the reply must echo as its originate timestamp.
+        // LI 0, version 4, mode 3 (client), and a random transmit timestamp the reply must echo as its originate timestamp.
         request[0] = 0x23;
-        const nonce = ((Date.now() >>> 0) ^ Math.imul(++egress.#requestCounter, 0x9e3779b1)) >>> 0;
-        new DataView(request.buffer).setUint32(44, nonce);
+        const nonce = new Uint8Array(8);
+        random.fill(nonce);
+        request.set(nonce, 40);
         const sntp = this;
         try {
           this.#socket = new Udp({
@@ -300,7 +302,7 @@ export class DeviceEgress {
 }
 
 /** The time in an NTP server reply to our request, or undefined if it is not one. */
-export function parseNtpReply(reply: Uint8Array, nonce: number): number | undefined {
+export function parseNtpReply(reply: Uint8Array, nonce: Uint8Array): number | undefined {
   if (reply.length < NTP_PACKET) return undefined;
   const view = new DataView(reply.buffer, reply.byteOffset, reply.byteLength);
   const mode = reply[0] & 7;
@@ -308,7 +310,10 @@ export function parseNtpReply(reply: Uint8Array, nonce: number): number | undefi
   const stratum = reply[1];
   // Mode 4 = server; stratum 0 is a kiss-o'-death; leap 3 = clock not synchronised.
   if (mode !== 4 || stratum === 0 || stratum > 15 || leap === 3) return undefined;
-  if (view.getUint32(24) !== 0 || view.getUint32(28) !== nonce) return undefined;
+  if (nonce.length !== 8) return undefined;
+  let diff = 0;
+  for (let i = 0; i < 8; i++) diff |= reply[24 + i] ^ nonce[i];
+  if (diff !== 0) return undefined;
   const seconds = view.getUint32(40);
   const fraction = view.getUint32(44);
   if (seconds === 0) return undefined;

@@ -192,11 +192,13 @@ function transportFor(d: Device, identity: DeviceIdentity) {
       host: ntp.host,
       // Both the look-up and the query go through the egress chokepoint, to the allowlisted host only.
       resolve: (host, done) => d.egress.resolve(host, "device/sntp", (address) => done(address)),
-      sntp: d.egress.sntpClass("device/sntp"),
+      sntp: d.egress.sntpClass(d.random, "device/sntp"),
       setTime: (seconds) => Time.set(seconds),
       now: () => Date.now(),
+      monotonic: () => clock.monotonic(),
       schedule: (callback, delayMs) => clock.schedule(callback, delayMs),
       floorMs: settings.timeFloorMs,
+      vouchedFloorMs: () => running?.access.timeFloor ?? 0,
       log,
       onSynced: () => gate?.timeChanged(),
     });

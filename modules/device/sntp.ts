@@ -16,15 +16,21 @@
  * then given the address: on the device that client is ./egress sntpClass(),
  * the SDK `sntp` class's shape over the ECMA-419 UDP socket, which sends only
  * to an address resolved for the allowlisted NTP host and accepts only the
- * reply to its own request. SNTP is unauthenticated: a time before the
- * firmware's floor is refused, but someone on the path could still shift the
- * clock forward. Its reach is limited: the trust anchors are pinned, and a
- * wrong time can make TLS fail (the device stays offline and says so), not
- * make a forged broker certificate pass.
+ * reply to its own request (a random 64-bit transmit timestamp it must echo).
+ * SNTP is unauthenticated, so every answer is judged by ../core/time-check
+ * before it touches the clock: never below the floor (the build date, raised by
+ * the owner's authenticated commands), and after the first sync of a boot
+ * never further from the running clock than a few seconds plus drift: a
+ * larger difference moves the clock by that bound only. A forged reply a day
+ * ahead therefore moves the clock by seconds. Its reach is limited anyway: the
+ * trust anchors are pinned, a wrong time can make TLS fail (the device stays
+ * offline and says so), not make a forged broker certificate pass, and
+ * revocations and replay checks do not rest on the clock (../core/commands).
  *
  * Platform-free: the SNTP class, the resolver and Time.set are passed in.
  */
 import type { Log } from "../core/ports";
+import { checkNetworkTime, type TimeReference } from "../core/time-check";
 
 /** The SDK `sntp` class's callback messages (./egress sntpClass() uses the same). */
 export const SNTP_TIME = 1;
@@ -44,9 +50,13 @@ export interface TimeSyncOptions {
   setTime: (seconds: number) => void;
   /** Date.now(). */
   now: () => number;
+  /** The Clock's monotonic(): how much time really passed since the clock was last set. */
+  monotonic: () => number;
   schedule: (callback: () => void, delayMs: number) => () => void;
   /** Times before this (ms since the epoch) are refused, and a clock below it is "not set". */
   floorMs: number;
+  /** A later floor vouched for since the build (the owner's time floor); asked at every answer. */
+  vouchedFloorMs?: () => number;
   log: Log;
   /** Called whenever the clock has been set from the network, or found already set at start. */
   onSynced?: (epochMs: number) => void;
@@ -67,6 +77,8 @@ export class TimeSync {
   #cancelTimer: (() => void) | undefined;
   #query = 0;
   #running = false;
+  /** When the clock was last set or found set in this boot; the next answer is judged against it. */
+  #reference: TimeReference | undefined;
 
   constructor(options: TimeSyncOptions) {
     if (!options.host) throw new RangeError("sntp: no NTP host");
@@ -83,6 +95,7 @@ export class TimeSync {
     const now = this.#options.now();
     if (now >= this.#options.floorMs) {
       this.synced = true;
+      this.#reference = { wallMs: now, monotonicMs: this.#options.monotonic() };
       this.#options.log("info", "time: clock already set; refreshing it in the background");
       this.#options.onSynced?.(now);
     }
@@ -124,20 +137,28 @@ export class TimeSync {
   }
 
   #got(value: unknown): void {
+    const o = this.#options;
     const seconds = typeof value === "number" && Number.isFinite(value) ? Math.floor(value) : NaN;
-    if (!(seconds * 1000 >= this.#options.floorMs)) {
-      // A time before this firmware was built is a wrong answer (or a forged one): never set it.
-      this.#failed("the server's time is before this firmware's floor");
+    const floorMs = Math.max(o.floorMs, o.vouchedFloorMs?.() ?? 0);
+    const monotonicMs = o.monotonic();
+    const verdict = checkNetworkTime(seconds * 1000, { floorMs, monotonicMs, reference: this.#reference });
+    if (verdict.action === "refuse") {
+      // A time before the floor is a wrong answer (or a forged one): never set it.
+      this.#failed(verdict.reason);
       return;
     }
     this.#query++;
-    this.#options.setTime(seconds);
+    const set = Math.floor(verdict.wallMs / 1000);
+    o.setTime(set);
+    this.#reference = { wallMs: set * 1000, monotonicMs };
     const first = !this.synced;
     this.synced = true;
     this.failures = 0;
-    this.#options.log(first ? "info" : "debug", "time: set from NTP", { host: this.#options.host });
-    this.#options.onSynced?.(seconds * 1000);
-    this.#later(() => this.#ask(), this.#options.resyncMs ?? 6 * 3600_000);
+    if (verdict.action === "step") {
+      o.log("warn", "time: NTP answer disagrees with the clock; moved by the bound only", { host: o.host, offsetMs: Math.round(verdict.offsetMs), boundMs: verdict.boundMs });
+    } else o.log(first ? "info" : "debug", "time: set from NTP", { host: o.host });
+    o.onSynced?.(set * 1000);
+    this.#later(() => this.#ask(), o.resyncMs ?? 6 * 3600_000);
   }
 
   #failed(reason: string): void {
