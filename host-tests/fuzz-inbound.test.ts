@@ -27,6 +27,7 @@ import nacl from "tweetnacl";
 import { AccessTestbed, ManualClock, createUserKeys, type UserApp } from "../tools/owner-app";
 import { REASON_CODES, REPLAY_KEY, readReply } from "../modules/core/commands";
 import { canonicalBytes } from "../modules/core/canonical";
+import { keyedTag } from "../modules/core/record";
 import { MAX_USERS, listSigningMessage, userKeysFor, signedListToJson, type AccessUser } from "../modules/core/access";
 import { toBase64Url, toHex, utf8Decode, utf8Encode } from "../modules/core/bytes";
 import { UpdateAgent, UPDATE_KV, type UpdateEvent } from "../modules/core/update";
@@ -399,6 +400,7 @@ function agentWorld(o: { runningVersion?: number } = {}) {
   const log: Log = (level, message, fields) => logs.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
   const agent = new UpdateAgent({
     thing: THING, board: BOARD, runningVersion: o.runningVersion ?? 3, releaseKeys: builtInKeys(A), store, sink, boot: sink, clock, log,
+    recordTag: keyedTag("test", new Uint8Array(32).fill(7), (d) => nacl.hash(d)),
     createDigest: hostSha256, maxImageBytes: 64 * 1024, pollIntervalMs: 0, onEvent: (e) => events.push(e),
     publish: (topic, payload) => { published.push({ topic, doc: JSON.parse(Buffer.from(payload).toString()) as Record<string, unknown> }); return Promise.resolve(); },
   });

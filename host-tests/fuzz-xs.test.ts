@@ -137,12 +137,14 @@ const AGENT_SETUP = `
   const { UpdateAgent } = importNow("core/update");
   const { createJsSha256 } = importNow("core/release");
   const { MemoryStore } = importNow("harness/deterministic");
+  const { keyedTag } = importNow("core/record");
+  const { default: nacl } = importNow("tweetnacl");
   state.store = new MemoryStore();
   state.sink = { n: 0, open() { this.n++; }, write() {}, complete() { this.n += 100; }, cancel() {}, confirm() { this.n += 100; }, rollback() { this.n += 100; }, restart() { this.n += 100; } };
   state.published = [];
   state.agent = new UpdateAgent({
     thing: "xs-porch", board: "host/sim", runningVersion: 3, releaseKeys: { serial: 1, keys: [new Uint8Array(32).fill(1)] },
-    store: state.store, sink: state.sink, boot: state.sink, log: () => {}, createDigest: createJsSha256, pollIntervalMs: 0,
+    store: state.store, recordTag: keyedTag("test", new Uint8Array(32).fill(7), (d) => nacl.hash(d)), sink: state.sink, boot: state.sink, log: () => {}, createDigest: createJsSha256, pollIntervalMs: 0,
     clock: { monotonic: () => 0, wallTime: () => 1790000000000, schedule: () => () => {} },
     publish: (topic, payload) => { state.published.push(topic); return Promise.resolve(); },
   });

@@ -13,6 +13,7 @@ import path from "node:path";
 import { Doorbell } from "../modules/core/doorbell";
 import { createHostClock } from "../modules/host/clock";
 import { hostRandom } from "../modules/host/random";
+import { TEST_RECORD_TAG } from "./update-support";
 import { FileStore } from "../modules/host/file-store";
 import { HostMqttTransport } from "../modules/host/mqtt-transport";
 import { hostSha256, openSimFirmware, type HostSlots } from "../modules/host/update-sink";
@@ -78,6 +79,7 @@ class SimDevice {
       runningVersion: fw.info.version,
       releaseKeys: this.#keys,
       store,
+      recordTag: TEST_RECORD_TAG,
       sink: fw.slots,
       boot: fw.slots,
       clock,

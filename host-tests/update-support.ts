@@ -6,6 +6,8 @@
  * same directories, exactly as a reboot re-reads flash.
  */
 import fs from "node:fs";
+import nacl from "tweetnacl";
+import { keyedTag, readJsonRecord } from "../modules/core/record";
 import os from "node:os";
 import path from "node:path";
 import { FileStore } from "../modules/host/file-store";
@@ -17,6 +19,8 @@ import { UpdateService, type JobExecution } from "../tools/update-service";
 import { releaseKeyFromSeed, type ReleaseKey } from "../tools/release";
 
 export const THING = "upd-porch";
+/** The MAC of the anti-rollback records; a device derives it from its vault key provider. */
+export const TEST_RECORD_TAG = keyedTag("doorward/update-records/v1", new Uint8Array(32).fill(0x5a), (d) => nacl.hash(d));
 export const BOARD = "host/sim";
 
 export function testKey(fill: number): ReleaseKey {
@@ -90,10 +94,10 @@ export class World {
     return new FileStore(this.nvsDir);
   }
 
-  /** The stored anti-rollback floor, read straight from flash. */
+  /** The stored anti-rollback floor, read straight from flash (undefined when missing or not authentic). */
   floor(): number | undefined {
-    const v = this.store.read(UPDATE_KV.floor);
-    return v ? (JSON.parse(Buffer.from(v).toString()) as number) : undefined;
+    const r = readJsonRecord(this.store, UPDATE_KV.floor, "upd-floor", { tag: TEST_RECORD_TAG });
+    return r.state === "ok" ? ((r.value as { version: number }).version) : undefined;
   }
 
   powerOn(): Session {
@@ -115,6 +119,7 @@ export class World {
       runningVersion: info.version,
       releaseKeys: this.#o.keys,
       store,
+      recordTag: TEST_RECORD_TAG,
       sink: slots,
       boot: slots,
       clock: createHostClock(),

@@ -9,7 +9,9 @@
  * waits for a provisioning bundle on its local channel.
  */
 import type { Aead, BootControl, Button, Camera, Clock, KeyValueStore, Log, MqttTransport, Random, Sha256Factory, Sha512, UpdateSink } from "./ports";
+import nacl from "tweetnacl";
 import { UpdateAgent, updateSubscriptions, type UpdateEvent } from "./update";
+import { keyedTag, type RecordTag } from "./record";
 import type { TrustedKeys } from "./release";
 import { Snapshotter } from "./snapshot";
 import { Vault, type KeyProvider } from "./vault";
@@ -95,6 +97,21 @@ export interface WaitingFirmware {
   provisioning: Provisioning;
 }
 
+/**
+ * The MAC of the update agent's anti-rollback records, under a key derived
+ * from the vault's key provider (eFuse HMAC on a board): not in flash, and
+ * kept by a factory reset, as those records are.
+ */
+export function updateRecordTag(keys: KeyProvider, sha512: Sha512 = (d) => nacl.hash(d)): RecordTag {
+  const secret = keys.storageKey();
+  try {
+    return keyedTag(UPDATE_RECORD_DOMAIN, secret, sha512);
+  } finally {
+    secret.fill(0);
+  }
+}
+export const UPDATE_RECORD_DOMAIN = "doorward/update-records/v1";
+
 export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFirmware {
   const { log } = ports;
   const vault = Vault.open({ store: ports.vaultStore, keys: ports.keys, random: ports.random, log, sha512: ports.sha512 });
@@ -142,7 +159,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
   if (update && ports.sha256) {
     updates = new UpdateAgent({
       thing: identity.thing, board: update.board, runningVersion: update.runningVersion, releaseKeys: update.releaseKeys,
-      store: ports.store, sink: update.sink, boot: update.boot, clock: ports.clock, log, createDigest: ports.sha256,
+      store: ports.store, recordTag: updateRecordTag(ports.keys, ports.sha512), sink: update.sink, boot: update.boot, clock: ports.clock, log, createDigest: ports.sha256,
       maxImageBytes: update.maxImageBytes, onEvent: update.onEvent,
       publish: (topic, payload) => doorbell.send(topic, payload, 0),
       healthCheck: () => (update.healthCheck ? update.healthCheck() : doorbell.link.online),

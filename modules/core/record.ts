@@ -158,3 +158,37 @@ export function crc32(bytes: Uint8Array): number {
   return (c ^ 0xffffffff) >>> 0;
 }
 
+
+// ---------------------------------------------------------------- keyed tags
+
+const HMAC_BLOCK = 128;
+
+/**
+ * HMAC-SHA-512 (RFC 2104) under a key derived for one purpose from a device
+ * secret: SHA-512(domain ‖ 0 ‖ secret). The records it tags then cannot be
+ * forged by someone who can only write flash.
+ */
+export function keyedTag(domain: string, secret: Uint8Array, sha512: (data: Uint8Array) => Uint8Array): RecordTag {
+  const label = new Uint8Array(domain.length + 1);
+  for (let i = 0; i < domain.length; i++) label[i] = domain.charCodeAt(i) & 0x7f;
+  const seed = new Uint8Array(label.length + secret.length);
+  seed.set(label);
+  seed.set(secret, label.length);
+  const key = sha512(seed);
+  seed.fill(0);
+  const inner = new Uint8Array(HMAC_BLOCK);
+  const outer = new Uint8Array(HMAC_BLOCK + 64);
+  for (let i = 0; i < HMAC_BLOCK; i++) {
+    const k = i < key.length ? key[i] : 0;
+    inner[i] = k ^ 0x36;
+    outer[i] = k ^ 0x5c;
+  }
+  key.fill(0);
+  return (framed) => {
+    const first = new Uint8Array(HMAC_BLOCK + framed.length);
+    first.set(inner);
+    first.set(framed, HMAC_BLOCK);
+    outer.set(sha512(first), HMAC_BLOCK);
+    return sha512(outer).slice(0, 16);
+  };
+}

@@ -8,7 +8,7 @@
  * anti-rollback floor raised. A trial that fails rolls back.
  */
 import { bytesEqual, fromHex, toHex } from "./bytes";
-import { newActive, UPDATE_KV, type Active, type SavedState, type UpdateContext } from "./update-protocol";
+import { newActive, type Active, type SavedState, type UpdateContext } from "./update-protocol";
 
 /** A downloaded image: check its digest, record the intent, make it bootable, restart. */
 export function activate(c: UpdateContext, a: Active): void {
@@ -66,7 +66,6 @@ export async function trial(c: UpdateContext, st: SavedState): Promise<void> {
   try {
     o.boot.confirm();
     // Only now, with the image confirmed to the bootloader, may the floor rise.
-    c.write(UPDATE_KV.floor, st.version);
     c.setFloor(st.version);
   } catch (e) {
     o.log("error", "update: confirming the new image failed", { reason: String(e) });

@@ -8,6 +8,7 @@
  */
 import type { BootControl, Clock, DigestStream, KeyValueStore, Log, Sha256Factory, UpdateSink } from "./ports";
 import type { Json } from "./canonical";
+import type { RecordTag } from "./record";
 import type { Ed25519Verify, FirmwareManifest, TrustedKeys } from "./release";
 import { assertThingName } from "./topics";
 
@@ -78,6 +79,12 @@ export interface UpdateAgentOptions {
   /** Release keys built into this image. A stored, signed key set with a higher serial replaces them. */
   releaseKeys: TrustedKeys;
   store: KeyValueStore;
+  /**
+   * MAC for the anti-rollback records (upd.floor, upd.keys), under a key that
+   * is not in the store (the firmware derives it from the vault's key provider),
+   * so those records cannot be forged by writing flash.
+   */
+  recordTag: RecordTag;
   sink: UpdateSink;
   boot: BootControl;
   clock: Clock;
@@ -254,6 +261,7 @@ export interface UpdateContext {
   active(): Active | undefined;
   setActive(a: Active | undefined): void;
   stopped(): boolean;
+  /** Store the raised floor (an authenticated record), then use it. Throws if it cannot be stored. */
   setFloor(version: number): void;
   token(prefix: string): string;
   report(job: string, status: JobStatus, details: Record<string, string>): string;

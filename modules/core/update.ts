@@ -34,6 +34,7 @@
  */
 import { canonicalBytes, jsonNestsDeeper, type Json } from "./canonical";
 import { fromHex, toHex, utf8Decode } from "./bytes";
+import { encodeJsonRecord, readJsonRecord } from "./record";
 import { checkKeyUpdate, manifestMessage, naclVerify, readRelease, releaseKeyId, type TrustedKeys } from "./release";
 import { assertThingName } from "./topics";
 import { trial } from "./update-activation";
@@ -78,6 +79,13 @@ export {
   type UpdateEvent,
 } from "./update-protocol";
 
+const FLOOR_KIND = "upd-floor";
+const KEYS_KIND = "upd-keys";
+
+function isCount(v: unknown): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+}
+
 export class UpdateAgent {
   readonly thing: string;
   readonly topics: ReturnType<typeof updateTopics>;
@@ -85,6 +93,8 @@ export class UpdateAgent {
   #o: UpdateAgentOptions;
   /** Fail closed: until the stored floor has been read, no version is high enough. */
   #floor = Number.MAX_SAFE_INTEGER;
+  /** The highest release-key serial this device has trusted: a stored key set below it is refused. */
+  #keySerialFloor = 0;
   #trusted: TrustedKeys;
   #active: Active | undefined;
   #answers = new Map<string, (answer: Answer | undefined) => void>();
@@ -101,6 +111,7 @@ export class UpdateAgent {
     this.thing = assertThingName(options.thing);
     this.topics = updateTopics(this.thing);
     if (!Number.isSafeInteger(options.runningVersion) || options.runningVersion < 0) throw new RangeError("runningVersion must be a whole number");
+    if (typeof options.recordTag !== "function") throw new TypeError("recordTag is required: the anti-rollback records must be authenticated");
     const bs = this.#blockSize;
     if (!Number.isInteger(bs) || bs < 256 || bs > 65536) throw new RangeError("blockSize must be 256-65536");
     this.#trusted = options.releaseKeys;
@@ -115,6 +126,7 @@ export class UpdateAgent {
       },
       stopped: () => this.#stopped,
       setFloor: (version) => {
+        this.#storeFloor(version);
         this.#floor = version;
       },
       token: (prefix) => this.#token(prefix),
@@ -177,7 +189,7 @@ export class UpdateAgent {
     this.#started = true;
     this.#stopped = false;
     try {
-      this.#loadKeys();
+      this.#loadTrust();
       this.#reconcile();
     } catch (e) {
       this.#o.log("error", "update: boot reconciliation failed", { reason: String(e) });
@@ -271,15 +283,64 @@ export class UpdateAgent {
     return Array.isArray(d) ? (d.filter((e) => isRecord(e) && typeof e.job === "string") as unknown as DoneEntry[]) : [];
   }
 
-  #loadKeys(): void {
-    const stored = this.#read(UPDATE_KV.keys);
-    if (isRecord(stored) && typeof stored.serial === "number" && Array.isArray(stored.keys) && stored.serial > this.#o.releaseKeys.serial) {
+  /**
+   * The anti-rollback records, each a framed record with a MAC (recordTag):
+   * upd.floor {keySerial, version} and upd.keys {keys, serial}. Flash can be
+   * written by hand or restored from an old dump, so neither is taken on its
+   * word alone:
+   *   - the floor is never below the running image once it is confirmed (not
+   *     on trial): a restored older floor changes nothing, and on release
+   *     builds the bootloader's eFuse secure_version stops an older image
+   *     from booting at all;
+   *   - a key set is used only if it authenticates and its serial is at least
+   *     the floor record's keySerial; deleting, replacing or restoring an
+   *     older one leaves the built-in keys only if they are that new, and
+   *     otherwise no key at all: every update is refused until a new image.
+   */
+  #loadTrust(): void {
+    const o = this.#o;
+    const options = { tag: o.recordTag, maxDepth: 2 };
+    const floorRead = readJsonRecord(o.store, UPDATE_KV.floor, FLOOR_KIND, options);
+    let stored: { version: number; keySerial: number } | undefined;
+    if (floorRead.state === "ok" && isRecord(floorRead.value) && isCount(floorRead.value.version) && isCount(floorRead.value.keySerial)) {
+      stored = { version: floorRead.value.version, keySerial: floorRead.value.keySerial };
+    } else if (floorRead.state !== "missing") {
+      o.log("error", "update: the floor record does not authenticate (written or restored by hand?); the running image is the floor", { reason: floorRead.state === "damaged" ? floorRead.reason : "shape" });
+    }
+    const st = this.#state();
+    const onTrial = st !== undefined && st.phase !== "downloading" && st.version === o.runningVersion;
+    const confirmed = onTrial ? undefined : o.runningVersion;
+    const version = Math.max(stored?.version ?? -1, confirmed ?? -1);
+    // Fail closed: a trial image with no readable floor takes no update until it has confirmed itself.
+    this.#floor = version < 0 ? Number.MAX_SAFE_INTEGER : version;
+    this.#keySerialFloor = Math.max(stored?.keySerial ?? 0, o.releaseKeys.serial);
+
+    const keysRead = readJsonRecord(o.store, UPDATE_KV.keys, KEYS_KIND, options);
+    let storedKeys: TrustedKeys | undefined;
+    if (keysRead.state === "ok" && isRecord(keysRead.value) && isCount(keysRead.value.serial) && Array.isArray(keysRead.value.keys) && keysRead.value.keys.length > 0) {
       try {
-        this.#trusted = { serial: stored.serial, keys: (stored.keys as string[]).map((k) => fromHex(k)) };
+        storedKeys = { serial: keysRead.value.serial, keys: (keysRead.value.keys as string[]).map((k) => fromHex(k)) };
       } catch {
-        this.#o.log("error", "update: stored release keys unreadable; using built-in keys");
+        storedKeys = undefined;
       }
     }
+    if (keysRead.state !== "missing" && !storedKeys) o.log("error", "update: the stored release key set does not authenticate; ignored");
+    if (storedKeys && storedKeys.serial > o.releaseKeys.serial && storedKeys.serial >= this.#keySerialFloor) this.#trusted = storedKeys;
+    else if (o.releaseKeys.serial >= this.#keySerialFloor) this.#trusted = o.releaseKeys;
+    else {
+      this.#trusted = { serial: this.#keySerialFloor, keys: [] };
+      o.log("error", "update: the release key set this device last trusted is missing, damaged or older; refusing every update", { keySerial: this.#keySerialFloor });
+    }
+    if (this.#floor !== Number.MAX_SAFE_INTEGER && this.#trusted.keys.length > 0 && (stored?.version !== this.#floor || stored.keySerial !== this.#trusted.serial)) {
+      this.#storeFloor(this.#floor);
+    }
+    if (o.runningVersion < this.#floor) o.log("warn", "update: running an image below the anti-rollback floor (flashed by hand?)", { running: o.runningVersion, floor: this.#floor });
+  }
+
+  /** The floor record, with the key serial in force. Throws if the store does. */
+  #storeFloor(version: number): void {
+    this.#keySerialFloor = Math.max(this.#keySerialFloor, this.#trusted.serial);
+    this.#o.store.write(UPDATE_KV.floor, encodeJsonRecord(FLOOR_KIND, { keySerial: this.#keySerialFloor, version }, { tag: this.#o.recordTag }));
   }
 
   /** Run a timer or promise continuation; an exception there has nowhere to go but the log. */
@@ -303,16 +364,6 @@ export class UpdateAgent {
 
   #reconcile(): void {
     const o = this.#o;
-    // Read the floor without #read's forgiveness: if it cannot be read, the floor stays at its fail-closed maximum.
-    const raw = o.store.read(UPDATE_KV.floor);
-    const stored = raw ? (JSON.parse(utf8Decode(raw)) as unknown) : undefined;
-    if (typeof stored === "number" && Number.isSafeInteger(stored)) this.#floor = stored;
-    else {
-      this.#floor = o.runningVersion;
-      this.#write(UPDATE_KV.floor, this.#floor);
-    }
-    if (o.runningVersion < this.#floor) o.log("warn", "update: running an image below the anti-rollback floor (flashed by hand?)", { running: o.runningVersion, floor: this.#floor });
-
     const st = this.#state();
     if (!st) return;
     if (st.phase === "downloading") {
@@ -564,14 +615,18 @@ export class UpdateAgent {
     this.#report(job, "IN_PROGRESS", { step: "verifying" });
     this.#o.clock.schedule(() => this.#guard(() => {
       if (this.#active !== a || this.#stopped) return;
+      // With no trusted key (a damaged key record), nothing can authorise a new set.
+      if (this.#trusted.keys.length === 0) return this.#refuse(job, "unauthorized", "this device trusts no release key (its key record is damaged)");
       const verdict = checkKeyUpdate(doc.keys, this.#trusted, this.#o.verify ?? naclVerify);
       if (!verdict.ok) return this.#refuse(job, verdict.reason, verdict.detail);
       try {
-        this.#write(UPDATE_KV.keys, { serial: verdict.keys.serial, keys: verdict.keys.keys.map((k) => toHex(k)) });
+        // The set first, then the floor naming its serial: after a cut between them the set is newer than the floor asks, which is fine.
+        this.#o.store.write(UPDATE_KV.keys, encodeJsonRecord(KEYS_KIND, { keys: verdict.keys.keys.map((k) => toHex(k)), serial: verdict.keys.serial }, { tag: this.#o.recordTag }));
+        this.#trusted = verdict.keys;
+        if (this.#floor !== Number.MAX_SAFE_INTEGER) this.#storeFloor(this.#floor);
       } catch (e) {
         return this.#fail(job, "write-failed", String(e));
       }
-      this.#trusted = verdict.keys;
       this.#emit({ type: "keys", job, serial: verdict.keys.serial });
       this.#finish(job, "SUCCEEDED", "keys-updated", `release key set ${verdict.keys.serial}: ${this.trustedKeyIds.join(" ")}`);
     }), 0);
