@@ -525,6 +525,8 @@ export class AccessControl {
       throw new AccessRejection("replay", body.ctr <= this.replay.highWater(from) ? "counter already used" : "counter is older than this boot");
     }
     if (!PERMISSIONS[op].includes(user.role)) throw new AccessRejection("forbidden", `a ${user.role} may not ${op}`);
+    // Apps count in wall milliseconds; a counter further ahead than a command may live would hold its sender's mark out of reach.
+    if (now !== undefined && body.ctr > now + MAX_COMMAND_LIFETIME_MS) throw new AccessRejection("malformed", "counter too far ahead");
 
     this.replay.record(from, body.ctr, (id) => this.list.user(id) !== undefined);
     // The owner's clock vouches that real time is at least this; the window check above keeps it at or below ours.

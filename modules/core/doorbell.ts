@@ -105,8 +105,12 @@ export class Doorbell {
   readonly sequence: SequenceCounter;
   readonly signer: Ed25519Signer;
   readonly link: Link;
+  /** Signed events are written to flash before they are sent (the same store as the sequence marks). */
   readonly outbox: Outbox;
   rings = 0;
+  /** Audit reports waiting for start() and a precomputed nonce. */
+  #audits: Array<Record<string, Json>> = [];
+  #auditPending: (() => void) | undefined;
   #options: DoorbellOptions;
   #debouncer: Debouncer;
   #cancelPrecompute: (() => void) | undefined;
@@ -123,7 +127,21 @@ export class Doorbell {
     this.#options = options;
     this.thing = assertThingName(options.thing);
     this.topics = topicsFor(this.thing);
-    this.sequence = new SequenceCounter(options.store);
+    // The outbox first: if a counter copy is damaged, what it holds is part of the evidence for where to resume.
+    this.outbox = new Outbox({
+      ...options.outbox,
+      transport: options.transport,
+      log: options.log,
+      store: options.store,
+      onDrop: () => this.#scheduleDropReport(Math.max(0, this.#lastReportAt + REPORT_MIN_INTERVAL_MS - options.clock.monotonic())),
+      onStall: (reason) => this.link.drop(reason),
+    });
+    this.sequence = new SequenceCounter(options.store, { evidence: { highestSeq: this.outbox.highestSeq, ranBefore: this.outbox.foundInFlash } });
+    const recovered = this.sequence.recovery;
+    if (recovered) {
+      options.log("error", "sequence counter damaged or missing: recovered", { basis: recovered.basis, seq: recovered.seq, boot: recovered.boot, found: JSON.stringify(recovered.found) });
+      this.report({ report: "sequence-recovered", basis: recovered.basis, found: recovered.found, resumed: recovered.seq });
+    }
     this.signer = new Ed25519Signer(options.signingSeed, {
       random: options.random,
       boot: this.sequence.boot,
@@ -134,15 +152,6 @@ export class Doorbell {
     });
     this.nonceReserve = Math.max(0, Math.min(options.nonceReserve ?? DEFAULT_NONCE_RESERVE, this.signer.poolSize - 1));
     this.#crypto = options.crypto?.concurrent ? options.crypto : undefined;
-    // Signed events are written to flash before they are sent (the same store as the sequence marks).
-    this.outbox = new Outbox({
-      ...options.outbox,
-      transport: options.transport,
-      log: options.log,
-      store: options.store,
-      onDrop: () => this.#scheduleDropReport(Math.max(0, this.#lastReportAt + REPORT_MIN_INTERVAL_MS - options.clock.monotonic())),
-      onStall: (reason) => this.link.drop(reason),
-    });
     this.link = new Link({
       transport: options.transport,
       clock: options.clock,
@@ -171,6 +180,33 @@ export class Doorbell {
     this.link.start();
     this.#schedulePrecompute(0);
     if (this.outbox.needsReport()) this.#scheduleDropReport(0);
+    if (this.#audits.length) this.#scheduleAudits(0);
+  }
+
+  /**
+   * Queue a signed audit event about the device itself (a recovery at boot, say). It is
+   * signed once the bell is started and a precomputed nonce is ready (bounded wait), so
+   * a report never costs a press the slow path.
+   */
+  report(fields: Record<string, Json>): void {
+    this.#audits.push(fields);
+    if (this.#started) this.#scheduleAudits(0);
+  }
+
+  #scheduleAudits(delayMs: number): void {
+    if (this.#auditPending) return;
+    this.#auditPending = this.#options.clock.schedule(() => {
+      this.#auditPending = undefined;
+      if (!this.#started) return;
+      if (this.spareNonces === 0 && delayMs < 8 * REPORT_RETRY_MS) return this.#scheduleAudits(delayMs + REPORT_RETRY_MS);
+      for (const fields of this.#audits.splice(0)) {
+        try {
+          this.emit("audit", fields);
+        } catch (e) {
+          this.#options.log("error", "audit report failed", { reason: String(e) });
+        }
+      }
+    }, delayMs);
   }
 
   stop(): void {
@@ -179,6 +215,8 @@ export class Doorbell {
     this.#waiting = [];
     this.#reportPending?.();
     this.#reportPending = undefined;
+    this.#auditPending?.();
+    this.#auditPending = undefined;
     this.#options.button?.stop();
     this.link.stop();
   }

@@ -139,6 +139,7 @@ export class Outbox {
   #nextId = 1;
   /** Restore could not list the store: every new key is checked for an occupant before it is used. */
   #blind = false;
+  #found = false;
   #generation = 0;
   #online = false;
   #stalled = false;
@@ -182,6 +183,19 @@ export class Outbox {
 
   get ledger(): Readonly<DropLedger> {
     return this.#ledger;
+  }
+
+  /** Boot found outbox state in flash (entries, strays or the ledger every boot leaves): the device has run before. */
+  get foundInFlash(): boolean {
+    return this.#found;
+  }
+
+  /** The highest sequence number the outbox knows of: queued entries and the drops it remembers. */
+  get highestSeq(): number {
+    let n = 0;
+    for (const item of this.#queue) n = Math.max(n, item.entry.seq);
+    for (const [seq] of this.#ledger.recent) n = Math.max(n, seq);
+    return n;
   }
 
   /** Sequence numbers waiting, in send order. */
@@ -427,6 +441,7 @@ export class Outbox {
   /** Boot: finish what a power cut interrupted, drop garbage, load the entries in order. */
   #restore(store: KeyValueStore): void {
     const read = readLedger(store);
+    this.#found = read !== "missing";
     if (read === "unreadable") {
       // The counts are gone and so is the victim: nothing is deleted on the ledger's word, and the loss is reported.
       this.#log("error", "outbox: drop ledger unreadable; counting from zero and reporting it");
@@ -436,7 +451,16 @@ export class Outbox {
       } catch (e) {
         this.#log("error", "outbox: could not rewrite the drop ledger", { reason: String(e) });
       }
-    } else this.#ledger = read;
+    } else if (read !== "missing") this.#ledger = read;
+    else {
+      // Written once on a new device: from then on its presence shows the device has run before,
+      // which is what tells a lost sequence counter from a new one (./sequence).
+      try {
+        this.#saveLedger(this.#ledger);
+      } catch (e) {
+        this.#log("warn", "outbox: could not write the drop ledger", { reason: String(e) });
+      }
+    }
     let keys: string[];
     try {
       keys = store.keys();
@@ -451,6 +475,7 @@ export class Outbox {
     let maxId = this.#ledger.victim;
     for (const key of keys) {
       if (typeof key !== "string" || !key.startsWith(OUTBOX_PREFIX)) continue;
+      this.#found = true;
       const m = ENTRY_KEY.exec(key);
       if (!m) {
         // Not a name this outbox writes (a stray copy, a name no store should hold, something foreign).
@@ -708,9 +733,9 @@ function isCount(v: unknown): v is number {
   return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 }
 
-function readLedger(store: KeyValueStore): DropLedger | "unreadable" {
+function readLedger(store: KeyValueStore): DropLedger | "unreadable" | "missing" {
   const read = readJsonRecord(store, LEDGER_KEY, LEDGER_RECORD);
-  if (read.state === "missing") return freshLedger();
+  if (read.state === "missing") return "missing";
   if (read.state === "damaged") return "unreadable";
   const doc = read.value;
   if (typeof doc !== "object" || doc === null || Array.isArray(doc) || doc.v !== 2) return "unreadable";
