@@ -42,6 +42,8 @@ import { startStandin } from "./standin";
 import { CloudConsumer } from "./cloud";
 import { devicePaths, main as provisionCli } from "./provision";
 import { AppLink, OwnerApp, UserApp, createUserKeys, keysFromJson, type AppKeys } from "./owner-app";
+import { startWebApp, type HandOverResult } from "./webapp";
+import type { AccessUser } from "../modules/core/access";
 import { toHex, toBase64Url } from "../modules/core/bytes";
 import { intOption, portOption, runAsEntry, type Parsed } from "./lib/cli";
 
@@ -256,6 +258,18 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     return verified === expected && rejected === 0 && snapshotsSaved === expectedSnapshots && updateOk ? 0 : 1;
   }
 
+  const deviceBoxPublicKey = nacl.box.keyPair.fromSecretKey(deviceBoxSecretFromSeed(identity.signingSeed)).publicKey;
+  const webApp = await startWebApp({
+    standin, home: o.home, thing: identity.thing, deviceSignPublicKey: identity.publicKey, deviceBoxPublicKey,
+    handOver: async (owner) => {
+      const r = await apps.handOver(owner);
+      if (r.ok) say("owner web app: the doorbell now takes its owner keys from that browser; the development owner (and this terminal's a/v/r) no longer owns it");
+      return r;
+    },
+  });
+  say(`owner web app: ${webApp.origin}/ (MQTT over WSS at ${webApp.wss.url}; the page is served with the dev server certificate: trust ${pki.ca.certPath} in the browser or accept the warning)`);
+  say(`  take the doorbell over in a browser, once: ${webApp.setupUrl}`);
+
   const server = http.createServer((req, res) => {
     if (req.method === "POST" && req.url === "/press") {
       button.press();
@@ -266,7 +280,10 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   });
   await new Promise<void>((resolve) => {
     server.once("error", (e: NodeJS.ErrnoException) => { say(`button endpoint not started (${e.code}); keyboard only`); resolve(); });
-    server.listen(o.buttonPort, "127.0.0.1", () => { say(`button endpoint: curl -X POST http://127.0.0.1:${o.buttonPort}/press`); resolve(); });
+    server.listen(o.buttonPort, "127.0.0.1", () => {
+      say(`button endpoint: curl -X POST http://127.0.0.1:${(server.address() as { port: number }).port}/press`);
+      resolve();
+    });
   });
   say("press Enter to ring · a: owner adds a guest · v: guest asks for a snapshot · r: owner revokes the guest · p: firmware tries to phone home · s: status · q: quit");
   const rl = readline.createInterface({ input: process.stdin });
@@ -286,6 +303,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   });
   rl.close();
   server.close();
+  await webApp.close();
   await shutdown();
   return 0;
 }
@@ -335,6 +353,12 @@ async function connectApps(o: SimOptions, pki: Awaited<ReturnType<typeof ensureD
       const r = await link.request(app, () => app.command("snapshot"), { retryStale: false });
       say(show("guest", "request a snapshot", r));
       if (r.reply.ok) api.snapshotsRequested++;
+    },
+    /** Ownership moves only by signature: the current owner signs a list naming the new owner's keys. */
+    async handOver(newOwner: AccessUser): Promise<HandOverResult> {
+      const others = () => firmware.access.list.users().filter((u) => u.role !== "owner" && u.id !== newOwner.id);
+      const r = await link.request(owner, () => owner.updateList([newOwner, ...others()]), { timeoutMs: 30_000 });
+      return { ok: r.authenticated && r.reply.ok, reason: r.reply.reason, gen: firmware.access.generation, users: firmware.access.list.users() };
     },
     async revokeGuest(say: (l: string) => void) {
       const t0 = performance.now();

@@ -47,10 +47,10 @@ import { fileURLToPath } from "node:url";
 import { Aedes } from "aedes";
 import type { AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from "aedes";
 import { ensureDevPki, issueThingCredentials, roleOfSubject, type Credentials, type DevPki } from "./pki";
-import { mayPublish, maySubscribe, PRESENCE_PREFIX, type Identity } from "./standin/policy";
+import { appClientIdBase, mayPublish, maySubscribe, PRESENCE_PREFIX, type Identity } from "./standin/policy";
 import { portOption, runAsEntry, UserError, type Parsed } from "./lib/cli";
 
-export type { Identity } from "./standin/policy";
+export { appClientIdBase, type Identity } from "./standin/policy";
 
 /** AWS IoT Core's payload limit; it cannot be raised there. */
 export const MAX_PAYLOAD_BYTES = 131072;
@@ -177,10 +177,6 @@ export type StreamAuthenticator = (
   password: Buffer | undefined,
 ) => { identity: Identity; fingerprint256: string } | { reason: RefusalReason; detail: string };
 
-/** An app's MQTT client ID: app:<thing>:<user>, optionally :<suffix> for several tabs. */
-export function appClientIdBase(thing: string, user: string): string {
-  return `app:${thing}:${user}`;
-}
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const DEFAULT_PKI_DIR = path.join(REPO_ROOT, ".doorward", "pki");

@@ -38,6 +38,11 @@ export interface Identity {
 /** Where a guest's browser answers an invitation: doorward/<thing>/invites/<user>. */
 export const INVITES_KIND = "invites";
 
+/** An app's MQTT client ID: app:<thing>:<user>, optionally :<suffix> for several tabs. */
+export function appClientIdBase(thing: string, user: string): string {
+  return `app:${thing}:${user}`;
+}
+
 /** AWS IoT lifecycle events: $aws/events/presence/{connected,disconnected}/<clientId>. */
 export const PRESENCE_PREFIX = "$aws/events/presence";
 
