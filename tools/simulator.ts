@@ -44,7 +44,7 @@ import { devicePaths, main as provisionCli } from "./provision";
 import { AppLink, OwnerApp, UserApp, createUserKeys, keysFromJson, type AppKeys } from "./owner-app";
 import { startWebApp, type HandOverResult } from "./webapp";
 import type { AccessUser } from "../modules/core/access";
-import { toHex, toBase64Url } from "../modules/core/bytes";
+import { bytesEqual, toHex, toBase64Url } from "../modules/core/bytes";
 import { intOption, portOption, runAsEntry, type Parsed } from "./lib/cli";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -263,7 +263,10 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     standin, home: o.home, thing: identity.thing, deviceSignPublicKey: identity.publicKey, deviceBoxPublicKey,
     handOver: async (owner) => {
       const r = await apps.handOver(owner);
-      if (r.ok) say("owner web app: the doorbell now takes its owner keys from that browser; the development owner (and this terminal's a/v/r) no longer owns it");
+      if (r.ok) {
+        say("owner web app: the doorbell's owner keys are now the ones that browser made; the development owner (this terminal's a/v/r) no longer owns it, and its snapshot viewer stops");
+        await viewer.close?.();
+      }
       return r;
     },
   });
@@ -358,7 +361,10 @@ async function connectApps(o: SimOptions, pki: Awaited<ReturnType<typeof ensureD
     async handOver(newOwner: AccessUser): Promise<HandOverResult> {
       const others = () => firmware.access.list.users().filter((u) => u.role !== "owner" && u.id !== newOwner.id);
       const r = await link.request(owner, () => owner.updateList([newOwner, ...others()]), { timeoutMs: 30_000 });
-      return { ok: r.authenticated && r.reply.ok, reason: r.reply.reason, gen: firmware.access.generation, users: firmware.access.list.users() };
+      // The old owner's reply key goes with the change, so its reply cannot be sealed for it: the simulator
+      // reads the outcome off the device it runs instead.
+      const took = bytesEqual(firmware.access.list.owner.signPublicKey, newOwner.signPublicKey);
+      return { ok: r.reply.ok && took, reason: r.reply.reason ?? (took ? undefined : "the device kept its owner"), gen: firmware.access.generation, users: firmware.access.list.users() };
     },
     async revokeGuest(say: (l: string) => void) {
       const t0 = performance.now();

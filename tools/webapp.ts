@@ -161,6 +161,7 @@ export async function startWebApp(o: WebAppOptions): Promise<WebApp> {
   const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
     const url = (req.url ?? "/").split("?")[0];
     if (req.method === "GET" && (url === "/" || url === "/index.html")) return send(res, 200, page, "text/html; charset=utf-8");
+    if (req.method === "GET" && url === "/favicon.ico") return send(res, 204, "", "image/x-icon");
     if (req.method === "GET" && url === "/app.js") return send(res, 200, script, "text/javascript; charset=utf-8");
     if (req.method === "POST" && (url === "/api/setup" || url === "/api/invite")) {
       readJson(req)

@@ -177,7 +177,7 @@ class Session {
       box.append(el("img", { src: url, alt: `snapshot for #${r.ring}`, "data-testid": "snapshot", "data-ring": String(r.ring) }),
         el("div", { class: "note" }, `decrypted in this browser (digest ✔, AES-GCM ✔, list generation ${r.gen})`));
     } else {
-      box.append(el("div", { class: "bad", "data-testid": "snapshot-refused", "data-code": r.code, "data-ring": String(r.ring) }, `🔒 ${r.message}`));
+      box.append(el("div", { class: "bad", "data-testid": "snapshot-refused", "data-code": r.code, "data-ring": String(r.ring) }, `Cannot open: ${r.message}`));
     }
   }
 
@@ -193,9 +193,10 @@ class Session {
 
   /** Send a command; on stale-generation, remake it once with the generation the device reported. */
   async request(make: () => MadeCommand): Promise<ReadReply> {
-    const first = await this.#roundTrip(make());
-    if (first.authenticated && first.reply.reason === "stale-generation") return this.#roundTrip(make());
-    return first;
+    let r = await this.#roundTrip(make());
+    if (r.authenticated && r.reply.reason === "stale-generation") r = await this.#roundTrip(make());
+    $("gen").textContent = String(this.app.gen);
+    return r;
   }
 
   #roundTrip(made: MadeCommand): Promise<ReadReply> {
@@ -458,6 +459,8 @@ async function start(): Promise<void> {
   addEventListener("pagehide", () => session.close());
 }
 
+// A new link pasted into the address bar changes only the fragment: start over with it.
+addEventListener("hashchange", () => location.reload());
 addEventListener("error", (ev) => say(`Something went wrong on this page: ${ev.message}`, "error"));
 addEventListener("unhandledrejection", (ev) => say(`Something went wrong on this page: ${String((ev.reason as Error)?.message ?? ev.reason)}`, "error"));
 void start();
