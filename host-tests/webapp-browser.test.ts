@@ -110,7 +110,7 @@ test("owner web app in chromium: ring → image; invite → guest sees → revok
   // The owner's browser takes the doorbell over with keys it made itself.
   await o.goto(sim.setupUrl);
   await o.waitForSelector("body[data-ready=true]", { timeout: STEP_MS });
-  await o.waitForFunction(`document.getElementById("message")?.textContent?.includes("now holds the owner keys")`, undefined, { timeout: STEP_MS });
+  await o.locator("#message", { hasText: "now holds the owner keys" }).waitFor({ timeout: STEP_MS });
   t.regex((await o.textContent("#keys-note")) ?? "", /non-extractable/);
   t.is(new URL(o.url()).hash, "", "the setup code is taken off the address bar");
 
@@ -126,20 +126,20 @@ test("owner web app in chromium: ring → image; invite → guest sees → revok
 
   // Bad input first: a malformed invitation is refused with a message, and the page stays usable.
   await g.goto(`${new URL(sim.setupUrl).origin}/#invite=bm90LWFuLWludml0YXRpb24`);
-  await g.waitForFunction(`document.getElementById("message")?.className === "error"`, undefined, { timeout: STEP_MS });
+  await g.locator("#message.error").waitFor({ timeout: STEP_MS });
   t.regex((await g.textContent("#message")) ?? "", /This invitation cannot be used: .+\. Ask the owner for a new link\./);
   await shot(g, "2-guest-malformed-invitation");
 
   // The owner invites a guest; the guest's browser makes its own keys and answers.
   await o.fill("#invite-user", "guest");
   await o.click("#invite");
-  await o.waitForFunction(`document.getElementById("invite-link").value.includes("#invite=")`, undefined, { timeout: STEP_MS });
+  await o.locator("#message", { hasText: "Invitation for \"guest\" made" }).waitFor({ timeout: STEP_MS });
   const link = await o.inputValue("#invite-link");
   t.truthy(await o.$("#invite-qr svg"), "a QR code of the link is shown");
   await shot(o, "3-owner-invitation");
   await g.goto(link);
   await g.waitForSelector("body[data-ready=true]", { timeout: STEP_MS });
-  await g.waitForFunction(`document.getElementById("message")?.textContent?.includes("answered the invitation")`, undefined, { timeout: STEP_MS });
+  await g.locator("#message", { hasText: "answered the invitation" }).waitFor({ timeout: STEP_MS });
 
   // Before the owner lets them in, the device refuses the guest.
   await g.click("#request-snapshot");
@@ -170,14 +170,14 @@ test("owner web app in chromium: ring → image; invite → guest sees → revok
 
   // The guest is refused: commands, and the next snapshot.
   await g.click("#request-snapshot");
-  await g.waitForFunction(`document.getElementById("request-result")?.dataset.ok === "false"`, undefined, { timeout: STEP_MS });
+  await g.locator("#request-result[data-ok=false]", { hasText: "revoked" }).waitFor({ timeout: STEP_MS });
   t.regex((await g.textContent("#request-result")) ?? "", /removed you from this doorbell.*\(revoked\)/);
   const ringsBefore = await o.locator("img[data-testid=snapshot]").count();
   await ring();
   const refused = g.locator("[data-testid=snapshot-refused][data-code=not-a-recipient]").first();
   await refused.waitFor({ timeout: STEP_MS });
   t.regex((await refused.textContent()) ?? "", /not shared with you: when it was taken \(access list generation \d+\) "guest" was not on the doorbell's list/);
-  await o.waitForFunction(`document.querySelectorAll("img[data-testid=snapshot]").length > ${ringsBefore}`, undefined, { timeout: STEP_MS });
+  await o.locator("img[data-testid=snapshot]").nth(ringsBefore).waitFor({ timeout: STEP_MS });
   await shot(g, "6-guest-refused");
   await shot(o, "7-owner-after-revoke");
 
