@@ -49,6 +49,8 @@ const LIBRARIES = new Set([
   "tools/standin/policy.ts",
   "tools/standin/wss.ts",
   "tools/user-app.ts",
+  "tools/event-verifier.ts",
+  "tools/webapp.ts",
   "tools/bench/xs-commands.ts",
   "tools/bench/xs-snapshot.ts",
   "tools/xs/callgrind.ts",
