@@ -137,6 +137,8 @@ export class World {
       healthTimeoutMs: 2000,
       pollIntervalMs: 0,
       maxImageBytes: slots.capacity,
+      // Many jobs in a few seconds: the verify rate limit has its own test.
+      verifyRate: { burst: 1e9, everyMs: 1 },
       ...this.#o.agent,
     });
     slots.onRestart = (why) => {

@@ -25,6 +25,7 @@ import type { SecretStore, Sha512 } from "./ports";
 import { canonicalBytes, parseCanonical, type Json } from "./canonical";
 import { bytesEqual, concatBytes, fromBase64Url, toBase64Url, utf8Encode, wipe } from "./bytes";
 import { isThingName } from "./topics";
+import type { HeavyCrypto } from "./heavy-crypto";
 
 export type Role = "owner" | "resident" | "viewer";
 export const ROLES: readonly Role[] = ["owner", "resident", "viewer"];
@@ -274,6 +275,8 @@ export interface AccessListOptions {
   sha512?: Sha512;
   /** Ed25519 verify for signed lists; the device may pass a native one. Default tweetnacl. */
   verifySignature?: SignatureCheck;
+  /** Asked once a list has passed the cheap checks, before its signature is verified: false refuses it as busy. */
+  mayVerify?: () => boolean;
 }
 
 /** What a change did, for replies, logs and ending sessions. */
@@ -306,6 +309,7 @@ export class AccessList implements Keyring {
   #deviceSecret: Uint8Array;
   #sha512: Sha512 | undefined;
   #verify: SignatureCheck;
+  #mayVerify: () => boolean;
   #state!: State;
   #users = new Map<string, AccessUser>();
   #keys = new Map<string, UserKeys>();
@@ -318,6 +322,7 @@ export class AccessList implements Keyring {
     this.#deviceSecret = options.deviceBoxSecretKey;
     this.#sha512 = options.sha512;
     this.#verify = options.verifySignature ?? ((m, s, k) => nacl.sign.detached.verify(m, s, k));
+    this.#mayVerify = options.mayVerify ?? (() => true);
     const stored = options.secrets.get(SECRET_LIST);
     if (stored === undefined) this.#enrol(options.owner);
     else this.#load(stored);
@@ -357,21 +362,68 @@ export class AccessList implements Keyring {
    */
   applySignedList(signed: SignedAccessList): AccessChange {
     const list = signed.list;
-    if (list.thing !== this.thing) throw new AccessRejection("wrong-thing", "list is for another thing");
-    if (list.gen <= this.#state.gen) throw new AccessRejection("stale-generation", "list generation is not above the current one");
-    const owner = this.owner;
-    if (!this.#verify(listSigningMessage(list), signed.signature, owner.signPublicKey)) {
+    this.#checkCandidate(list);
+    if (!this.#verify(listSigningMessage(list), signed.signature, this.owner.signPublicKey)) {
       throw new AccessRejection("bad-signature", "list is not signed by the current owner");
     }
     const fresh = new Map<string, UserKeys>();
+    for (const u of this.#needKeys(list)) fresh.set(u.id, userKeysFor(u.boxPublicKey, this.#deviceSecret, this.#sha512));
+    return this.#commit(list, fresh);
+  }
+
+  /**
+   * applySignedList with the verify and each box.before on a worker, so this
+   * machine keeps serving commands meanwhile. A revocation that lands while
+   * they run is in force at once and wins: the list in flight was signed
+   * before it, so it is refused (stale-generation) rather than applied over it.
+   */
+  async applySignedListAsync(signed: SignedAccessList, crypto: HeavyCrypto): Promise<AccessChange> {
+    const list = signed.list;
+    this.#checkCandidate(list);
+    const startGen = this.#state.gen;
+    const changed = () => {
+      if (this.#state.gen !== startGen) throw new AccessRejection("stale-generation", "the access list changed while this list was being verified");
+    };
+    if (!(await crypto.verify(listSigningMessage(list), signed.signature, this.owner.signPublicKey))) {
+      throw new AccessRejection("bad-signature", "list is not signed by the current owner");
+    }
+    changed();
+    const fresh = new Map<string, UserKeys>();
+    try {
+      for (const u of this.#needKeys(list)) {
+        if (!isUsableBoxKey(u.boxPublicKey)) throw new AccessRejection("malformed", "box key is a low-order X25519 point");
+        const shared = await crypto.boxBefore(u.boxPublicKey, this.#deviceSecret);
+        fresh.set(u.id, deriveUserKeys(shared, this.#sha512));
+        wipe(shared);
+        changed();
+      }
+      return this.#commit(list, fresh);
+    } catch (e) {
+      for (const k of fresh.values()) wipeKeys(k);
+      throw e;
+    }
+  }
+
+  /** The cheap checks a list must pass before any signature is verified. */
+  #checkCandidate(list: AccessListBody): void {
+    if (list.thing !== this.thing) throw new AccessRejection("wrong-thing", "list is for another thing");
+    if (list.gen <= this.#state.gen) throw new AccessRejection("stale-generation", "list generation is not above the current one");
+    if (!this.#mayVerify()) throw new AccessRejection("busy", "too many signed lists lately; try again later");
+  }
+
+  /** Users of the list who are new or re-keyed: each needs a box.before. */
+  #needKeys(list: AccessListBody): AccessUser[] {
+    return list.users.filter((u) => {
+      const old = this.#users.get(u.id);
+      return !(old && bytesEqual(old.boxPublicKey, u.boxPublicKey));
+    });
+  }
+
+  /** Switch to a verified list whose new keys are derived. Nothing changes unless it is stored. */
+  #commit(list: AccessListBody, fresh: Map<string, UserKeys>): AccessChange {
     const added: string[] = [];
     const rekeyed: string[] = [];
-    for (const u of list.users) {
-      const old = this.#users.get(u.id);
-      if (old && bytesEqual(old.boxPublicKey, u.boxPublicKey)) continue;
-      fresh.set(u.id, userKeysFor(u.boxPublicKey, this.#deviceSecret, this.#sha512));
-      (old ? rekeyed : added).push(u.id);
-    }
+    for (const id of fresh.keys()) (this.#users.has(id) ? rekeyed : added).push(id);
     const ids = new Set(list.users.map((u) => u.id));
     const removed = this.#state.users.filter((u) => !ids.has(u.id)).map((u) => u.id);
     const next: State = {

@@ -12,7 +12,8 @@
  * Checks run cheapest first, and nothing changes until all pass:
  *   size and nesting → envelope shape → sender listed (else revoked /
  *   unknown-sender) → MAC → body shape → thing → generation → expiry → replay
- *   → role. Then the sender's counter is raised and the command runs.
+ *   → role → rate (per sender, revocations exempt; signed lists overall, ./budget).
+ *   Then the sender's counter is raised and the command runs.
  *
  * Freshness does not rest on the wall clock, which SNTP sets without
  * authentication. Three things carry it (docs/access.md, "Freshness"):
@@ -34,6 +35,11 @@
  *
  * Live sessions (a stream of snapshots a user started) live here too, because
  * they must end in the same call that revokes their user.
+ *
+ * With a HeavyCrypto port (a worker), submitCommand runs a grant's Ed25519
+ * verify and box.before there: every other command, revocations first among
+ * them, is checked and in force before submitCommand returns, even while a
+ * grant is being verified. One grant is verified at a time; another gets "busy".
  */
 import nacl from "tweetnacl";
 import type { Clock, KeyValueStore, Log, Random, SecretStore, Sha512 } from "./ports";
@@ -55,6 +61,8 @@ import {
   type SignatureCheck,
 } from "./access";
 import { wrapContentKey, type ContentKeyWrapping } from "./footage-keys";
+import type { HeavyCrypto } from "./heavy-crypto";
+import { BucketsByKey, TokenBucket } from "./budget";
 
 export type { ReasonCode } from "./access";
 
@@ -348,6 +356,12 @@ export interface AccessControlOptions {
   owner: OwnerEnrolment;
   sha512?: Sha512;
   verifySignature?: SignatureCheck;
+  /** Where submitCommand runs a grant's verify and box.before (a worker). Without it they run in the call. */
+  crypto?: HeavyCrypto;
+  /** Commands per sender: a burst of `burst`, then one per `everyMs` (default 20, then one per 2 s). Revocations are never limited. */
+  senderRate?: { burst: number; everyMs: number };
+  /** Signed lists whose signature is verified (seconds each): a burst, then one per `everyMs` (default 6, then one per 10 min). */
+  grantRate?: { burst: number; everyMs: number };
   /** Time between frames of a live session. Default 2000 ms. */
   streamIntervalMs?: number;
   /** Concurrent live sessions. Default 2 (camera and uplink are the limit). */
@@ -378,11 +392,17 @@ export class AccessControl {
   #storedFloor: number;
   #bootMonotonic: number;
   #bootMarked = false;
+  #granting = false;
+  #perSender: BucketsByKey;
 
   constructor(options: AccessControlOptions) {
     if (!isThingName(options.thing)) throw new TypeError("commands: bad thing name");
     this.#o = options;
     this.thing = options.thing;
+    const grant = options.grantRate ?? { burst: 6, everyMs: 10 * 60_000 };
+    const grants = new TokenBucket({ capacity: grant.burst, everyMs: grant.everyMs, clock: options.clock });
+    const sender = options.senderRate ?? { burst: 20, everyMs: 2000 };
+    this.#perSender = new BucketsByKey({ capacity: sender.burst, everyMs: sender.everyMs, clock: options.clock, maxKeys: 16 });
     this.list = new AccessList({
       thing: options.thing,
       secrets: options.secrets,
@@ -390,6 +410,7 @@ export class AccessControl {
       owner: options.owner,
       sha512: options.sha512,
       verifySignature: options.verifySignature,
+      mayVerify: () => grants.take(),
     });
     this.replay = new ReplayGuard();
     this.#bootMonotonic = options.clock.monotonic();
@@ -454,15 +475,33 @@ export class AccessControl {
   handleCommand(payload: Uint8Array): CommandOutcome {
     const ctx: Context = { from: null, ctr: null, n: null, op: null, replyKey: null };
     try {
-      return this.#handle(payload, ctx);
+      return this.#handle(payload, ctx, false) as CommandOutcome;
     } catch (e) {
-      if (e instanceof AccessRejection) return this.#refuse(ctx, e.reason, e.detail);
-      this.#o.log("error", "command handler failed", { op: ctx.op });
-      return this.#refuse(ctx, "internal", "unexpected error");
+      return this.#failed(ctx, e);
     }
   }
 
-  #handle(payload: Uint8Array, ctx: Context): CommandOutcome {
+  /**
+   * handleCommand, with a grant's verify and key derivation on the crypto
+   * worker. Everything else is decided, and in force, before this returns;
+   * only the reply waits for the microtask. Never rejects.
+   */
+  async submitCommand(payload: Uint8Array): Promise<CommandOutcome> {
+    const ctx: Context = { from: null, ctr: null, n: null, op: null, replyKey: null };
+    try {
+      return await this.#handle(payload, ctx, true);
+    } catch (e) {
+      return this.#failed(ctx, e);
+    }
+  }
+
+  #failed(ctx: Context, e: unknown): CommandOutcome {
+    if (e instanceof AccessRejection) return this.#refuse(ctx, e.reason, e.detail);
+    this.#o.log("error", "command handler failed", { op: ctx.op });
+    return this.#refuse(ctx, "internal", "unexpected error");
+  }
+
+  #handle(payload: Uint8Array, ctx: Context, deferred: boolean): CommandOutcome | Promise<CommandOutcome> {
     if (!(payload instanceof Uint8Array)) throw new AccessRejection("malformed", "payload must be bytes");
     if (payload.length > MAX_COMMAND_BYTES) throw new AccessRejection("malformed", "command too large");
     const outer = parseStrict(payload, OUTER_MAX_DEPTH, "envelope");
@@ -527,10 +566,28 @@ export class AccessControl {
     if (!PERMISSIONS[op].includes(user.role)) throw new AccessRejection("forbidden", `a ${user.role} may not ${op}`);
     // Apps count in wall milliseconds; a counter further ahead than a command may live would hold its sender's mark out of reach.
     if (now !== undefined && body.ctr > now + MAX_COMMAND_LIFETIME_MS) throw new AccessRejection("malformed", "counter too far ahead");
+    const offload = op === "access-update" && deferred ? this.#o.crypto : undefined;
+    if (offload && this.#granting) throw new AccessRejection("busy", "another access list is being verified");
+    // Taking rights away is never rate-limited; everything else is, per sender (signed lists also overall, in the list's own checks).
+    if (op !== "revoke" && op !== "revoke-all" && !this.#perSender.take(from)) throw new AccessRejection("busy", "too many commands from this sender; try again shortly");
 
     this.replay.record(from, body.ctr, (id) => this.list.user(id) !== undefined);
     // The owner's clock vouches that real time is at least this; the window check above keeps it at or below ours.
     if (user.role === "owner" && !clockFree) this.#timeFloor = Math.max(this.#timeFloor, body.exp - MAX_COMMAND_LIFETIME_MS);
+    if (offload) {
+      this.#granting = true;
+      return this.list.applySignedListAsync(args.list!, offload).then(
+        (change) => {
+          this.#granting = false;
+          return this.#changed(ctx, () => change);
+        },
+        (e) => {
+          this.#granting = false;
+          this.#endSessionsOfUnlisted();
+          throw e;
+        },
+      );
+    }
     return this.#run(op, args, user.id, ctx);
   }
 

@@ -126,6 +126,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
   // Production trusts Amazon Root CA 1 and 3 only: a development CA in the bundle stops here, before any connection.
   ports.egress?.assertTrustStore([identity.tls.certificate], ports.sha512);
 
+  const crypto = ports.crypto?.concurrent ? ports.crypto : undefined;
   const access = new AccessControl({
     thing: identity.thing,
     secrets: vault,
@@ -136,6 +137,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     deviceBoxSecretKey: deviceBoxSecretFromSeed(identity.signingSeed, ports.sha512),
     owner: { signPublicKey: identity.owner.signKey, boxPublicKey: identity.owner.boxKey },
     sha512: ports.sha512,
+    crypto,
     // A live view is a snapshot per frame, each wrapped only for who is authorised at that moment.
     onSessionFrame: (session) => requestSnapshot(session.user, "live-view"),
   });
@@ -160,18 +162,21 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     updates = new UpdateAgent({
       thing: identity.thing, board: update.board, runningVersion: update.runningVersion, releaseKeys: update.releaseKeys,
       store: ports.store, recordTag: updateRecordTag(ports.keys, ports.sha512), sink: update.sink, boot: update.boot, clock: ports.clock, log, createDigest: ports.sha256,
-      maxImageBytes: update.maxImageBytes, onEvent: update.onEvent,
+      maxImageBytes: update.maxImageBytes, onEvent: update.onEvent, crypto,
       publish: (topic, payload) => doorbell.send(topic, payload, 0),
       healthCheck: () => (update.healthCheck ? update.healthCheck() : doorbell.link.online),
     });
   }
-  const onCommand = (payload: Uint8Array): CommandOutcome => {
-    const outcome = access.handleCommand(payload);
+  const answer = (outcome: CommandOutcome): void => {
     doorbell.send(doorbell.topics.replies, outcome.reply, 0);
     const action = outcome.action;
     if (action?.type === "chime-test") ports.onChime?.();
     else if (action?.type === "snapshot") requestSnapshot(action.user, "request");
-    return outcome;
+  };
+  // With a worker, a grant's verify runs there; every other command (a revoke above all) is in force when this returns.
+  const onCommand = (payload: Uint8Array): void => {
+    if (crypto) void access.submitCommand(payload).then(answer);
+    else answer(access.handleCommand(payload));
   };
 
   doorbell = new Doorbell({

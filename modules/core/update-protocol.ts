@@ -6,6 +6,7 @@
  * lives here; ./update runs the jobs, ./update-stream downloads the image and
  * ./update-activation activates it and judges its health.
  */
+import type { HeavyCrypto } from "./heavy-crypto";
 import type { BootControl, Clock, DigestStream, KeyValueStore, Log, Sha256Factory, UpdateSink } from "./ports";
 import type { Json } from "./canonical";
 import type { RecordTag } from "./record";
@@ -96,6 +97,13 @@ export interface UpdateAgentOptions {
   /** Local self-test of a trial image, after it has reached the cloud. Default: passes. */
   healthCheck?: () => boolean | Promise<boolean>;
   verify?: Ed25519Verify;
+  /** Where a release manifest's verify runs (a worker), so the main machine keeps serving presses and revokes meanwhile. */
+  crypto?: HeavyCrypto;
+  /**
+   * Signature checks a job may start (seconds of curve work each): a burst, then one per `everyMs`
+   * (default 3, then one per 20 min). A job that finds none waits for the next; it is never refused for it.
+   */
+  verifyRate?: { burst: number; everyMs: number };
   /** Largest image the inactive slot holds. */
   maxImageBytes?: number;
   /** Stream block size, 256-65536 (base64 in JSON must stay under AWS's 128 KB message limit). Default 4096. */

@@ -32,6 +32,7 @@
  * onMessage(), so it plugs into the Doorbell's public API (send / onMessage /
  * subscriptions) without the Doorbell knowing about updates.
  */
+import { TokenBucket } from "./budget";
 import { canonicalBytes, jsonNestsDeeper, type Json } from "./canonical";
 import { fromHex, toHex, utf8Decode } from "./bytes";
 import { encodeJsonRecord, readJsonRecord } from "./record";
@@ -105,9 +106,12 @@ export class UpdateAgent {
   #stopped = false;
   #getSentAt: number | undefined;
   #cancelPoll: (() => void) | undefined;
+  #verifies: TokenBucket;
 
   constructor(options: UpdateAgentOptions) {
     this.#o = options;
+    const rate = options.verifyRate ?? { burst: 3, everyMs: 20 * 60_000 };
+    this.#verifies = new TokenBucket({ capacity: rate.burst, everyMs: rate.everyMs, clock: options.clock });
     this.thing = assertThingName(options.thing);
     this.topics = updateTopics(this.thing);
     if (!Number.isSafeInteger(options.runningVersion) || options.runningVersion < 0) throw new RangeError("runningVersion must be a whole number");
@@ -592,19 +596,40 @@ export class UpdateAgent {
     this.#active = a;
     this.#report(job, "IN_PROGRESS", { step: "verifying", ...details });
     const signature = release.signature;
-    // The one Ed25519 verify of this update: seconds on the device, so off the message handler.
-    o.clock.schedule(() => this.#guard(() => {
+    // The one Ed25519 verify of this update: seconds of curve work, so off the message handler (on the
+    // worker when there is one), and at most a few an hour whoever publishes job notifications.
+    const verified = (good: boolean) => this.#guard(() => {
       if (this.#active !== a || this.#stopped) return;
+      if (!good) return this.#refuse(job, "bad-signature", `signature does not verify under key ${m.keyId}`, details);
+      this.#download.start(a);
+    });
+    this.#whenVerifyAllowed(a, () => {
       this.stats.verifies++;
+      const message = manifestMessage(m);
+      if (o.crypto) {
+        o.crypto.verify(message, signature, key).then(verified, () => verified(false));
+        return;
+      }
       let good = false;
       try {
-        good = (o.verify ?? naclVerify)(manifestMessage(m), signature, key);
+        good = (o.verify ?? naclVerify)(message, signature, key);
       } catch {
         good = false;
       }
-      if (!good) return this.#refuse(job, "bad-signature", `signature does not verify under key ${m.keyId}`, details);
-      this.#download.start(a);
-    }), 0);
+      verified(good);
+    });
+  }
+
+  /** Run `verify` once the job may pay for a signature check: at once, or when the rate allows, if the job is still ours. */
+  #whenVerifyAllowed(a: Active, verify: () => void): void {
+    const wait = this.#verifies.waitMs();
+    if (wait > 0) this.#o.log("warn", "update: signature checks are rate-limited; the job waits", { job: a.job, ms: wait });
+    a.cancelTimer = this.#o.clock.schedule(() => this.#guard(() => {
+      a.cancelTimer = undefined;
+      if (this.#active !== a || this.#stopped) return;
+      if (!this.#verifies.take()) return this.#whenVerifyAllowed(a, verify);
+      verify();
+    }), wait);
   }
 
   // ------------------------------------------------------------------ release keys
@@ -613,7 +638,8 @@ export class UpdateAgent {
     const a = newActive(job, "keys", 0);
     this.#active = a;
     this.#report(job, "IN_PROGRESS", { step: "verifying" });
-    this.#o.clock.schedule(() => this.#guard(() => {
+    // Several verifies, on this machine: rare (a release-key rotation), and rate-limited like the manifest's.
+    this.#whenVerifyAllowed(a, () => this.#guard(() => {
       if (this.#active !== a || this.#stopped) return;
       // With no trusted key (a damaged key record), nothing can authorise a new set.
       if (this.#trusted.keys.length === 0) return this.#refuse(job, "unauthorized", "this device trusts no release key (its key record is damaged)");
@@ -629,6 +655,6 @@ export class UpdateAgent {
       }
       this.#emit({ type: "keys", job, serial: verdict.keys.serial });
       this.#finish(job, "SUCCEEDED", "keys-updated", `release key set ${verdict.keys.serial}: ${this.trustedKeyIds.join(" ")}`);
-    }), 0);
+    }));
   }
 }
