@@ -181,6 +181,22 @@ test("owner web app in chromium: ring → image; invite → guest sees → revok
   await shot(g, "6-guest-refused");
   await shot(o, "7-owner-after-revoke");
 
+  // Revoke all: a second guest (the same browser, a new invitation) is let in, then everyone but the owner goes.
+  await o.fill("#invite-user", "guest2");
+  await o.click("#invite");
+  await o.locator("#message", { hasText: "Invitation for \"guest2\" made" }).waitFor({ timeout: STEP_MS });
+  await g.goto(await o.inputValue("#invite-link"));
+  await g.locator("#who", { hasText: "guest2 (viewer)" }).waitFor({ timeout: STEP_MS });
+  await o.click("[data-testid=answer][data-user=guest2] [data-testid=let-in]", { timeout: STEP_MS });
+  await o.waitForSelector("[data-testid=confirmed]:has-text('guest2 let in')", { timeout: STEP_MS });
+  await o.click("#revoke-all");
+  await o.waitForSelector("[data-testid=confirmed]:has-text('everyone but the owner revoked (guest2)')", { timeout: STEP_MS });
+  t.deepEqual(await o.locator("[data-testid=user-row]").evaluateAll((rows) => rows.map((r) => (r as unknown as { dataset: { user: string } }).dataset.user)), ["owner"]);
+  await o.waitForSelector("[data-testid=revoked-user][data-user=guest2]");
+  await g.click("#request-snapshot");
+  await g.locator("#request-result[data-ok=false]", { hasText: "revoked" }).waitFor({ timeout: STEP_MS });
+  await shot(o, "8-owner-revoked-all");
+
   t.deepEqual(errors, [], "no page threw or logged an error");
   t.notRegex(sim.out(), /REJECTED/);
 });

@@ -152,6 +152,11 @@ class Session {
       return;
     }
     const e = v.event;
+    const presence = $("presence");
+    if (presence.dataset.state === "unknown") {
+      presence.textContent = `online (a signed event from it just arrived, ${time(Date.now())})`;
+      presence.dataset.state = "online";
+    }
     $("last-event").textContent = `${e.type} seq ${e.seq} at ${e.time === null ? "unknown time" : time(e.time)}, signature verified here`;
     if (e.type === "ring") {
       feed.prepend(el("li", { "data-testid": "ring", "data-seq": String(e.seq) },
