@@ -250,7 +250,10 @@ test("the vault key is derived: the provider's bytes and the SHA-512 halves neve
   t.is(all.indexOf(Buffer.from(KEY.subarray(0, 8))), -1);
   const meta = store.map.get("v_meta")!;
   const h = nacl.hash(Buffer.concat([Buffer.from("doorward/vault/key/v1"), Buffer.from([0]), Buffer.from(KEY), Buffer.from(meta.subarray(1, 17))]));
-  t.is(toHex(meta.subarray(17)), toHex(h.subarray(32, 48)), "the check is the second half");
+  const h2 = nacl.hash(Buffer.concat([Buffer.from("doorward/vault/key/v1"), Buffer.from([2]), Buffer.from(KEY), Buffer.from(meta.subarray(1, 17))]));
+  t.is(meta[0], 2, "the meta record's format with an index");
+  t.is(toHex(meta.subarray(17, 33)), toHex(h2.subarray(32, 48)), "the check is the second half of the format-2 hash");
+  t.is(all.indexOf(Buffer.from(h.subarray(32, 40))), -1, "the first format's check is not stored");
   t.is(all.indexOf(Buffer.from(h.subarray(0, 8))), -1, "the record key is not stored");
   // And it really is the record key: a record opens with it.
   const head = store.map.get("v.wifi.pass")!;

@@ -87,7 +87,8 @@ export type DamageReason =
   | "chunk-mismatch"
   | "wrong-key"
   | "no-metadata"
-  | "no-key";
+  | "no-key"
+  | "stale";
 
 export const DAMAGE_EXPLAINED: Readonly<Record<DamageReason, string>> = {
   unreadable: "the store could not read it",
@@ -101,7 +102,64 @@ export const DAMAGE_EXPLAINED: Readonly<Record<DamageReason, string>> = {
   "wrong-key": "the storage key does not match this vault (another key file or eFuse key)",
   "no-metadata": "the vault's salt record is missing or malformed",
   "no-key": "the storage key could not be obtained from the key provider",
+  stale: "it is an older copy than the vault last wrote (written back from an old flash dump?)",
 };
+
+/** The meta record's format with a sealed index of every secret's live write. */
+export const META_FORMAT_INDEXED = 2;
+const KIND_INDEX = 3;
+
+/**
+ * The vault's index: a counter that every write moves on, and each live
+ * secret's write generation (the counter at its last write, or the random
+ * generation of a write from before the index). Sealed into the meta record.
+ */
+export interface VaultIndex {
+  epoch: number;
+  names: Map<string, Uint8Array>;
+}
+
+export function epochGen(epoch: number): Uint8Array {
+  const gen = new Uint8Array(GEN_BYTES);
+  let v = epoch;
+  for (let i = GEN_BYTES - 1; i >= 0; i--) {
+    gen[i] = v % 256;
+    v = Math.floor(v / 256);
+  }
+  return gen;
+}
+
+export function encodeIndex(index: VaultIndex): Uint8Array {
+  const out: number[] = [VAULT_FORMAT, KIND_INDEX, ...epochGen(index.epoch)];
+  for (const name of [...index.names.keys()].sort()) {
+    const bytes = utf8Encode(name);
+    out.push(bytes.length, ...bytes, ...index.names.get(name)!);
+  }
+  return Uint8Array.from(out);
+}
+
+export function decodeIndex(plain: Uint8Array): VaultIndex | undefined {
+  if (plain.length < 2 + GEN_BYTES || plain[0] !== VAULT_FORMAT || plain[1] !== KIND_INDEX) return undefined;
+  let epoch = 0;
+  for (let i = 0; i < GEN_BYTES; i++) epoch = epoch * 256 + plain[2 + i];
+  if (!Number.isSafeInteger(epoch)) return undefined;
+  const names = new Map<string, Uint8Array>();
+  let at = 2 + GEN_BYTES;
+  while (at < plain.length) {
+    const n = plain[at];
+    if (at + 1 + n + GEN_BYTES > plain.length) return undefined;
+    let name: string;
+    try {
+      name = utf8Decode(plain.subarray(at + 1, at + 1 + n));
+    } catch {
+      return undefined;
+    }
+    if (!isSecretName(name)) return undefined;
+    names.set(name, plain.slice(at + 1 + n, at + 1 + n + GEN_BYTES));
+    at += 1 + n + GEN_BYTES;
+  }
+  return { epoch, names };
+}
 
 /** Seal a plaintext under the vault key with a fresh random nonce. Returns the stored value and its nonce. */
 export function sealRecord(key: Uint8Array, random: Random, plain: Uint8Array): { value: Uint8Array; nonce: Uint8Array } {

@@ -22,6 +22,14 @@
  * next open. Opening garbage-collects chunks no valid head references, so
  * after a cut at any step each secret reads as exactly its old or its new value.
  *
+ * Every write also takes the next value of a vault-wide counter as its
+ * generation and then rewrites "v_meta", which seals that counter and each
+ * live secret's generation (the index). A head written back from an older
+ * flash dump authenticates but is not the generation the index names, so it
+ * is refused as stale; a deleted secret written back is not named at all.
+ * A head whose generation is the index's next count is the last write, cut
+ * short before its index update: it is taken, and the index completed.
+ *
  * Opening never throws because of what is in the store: a record that fails
  * authentication, is truncated, swapped or missing a chunk marks that secret
  * damaged (status() and get() name it), and the other secrets stay readable.
@@ -33,7 +41,7 @@ import type { KeyValueStore, Log, Random, SecretStore, Sha512 } from "./ports";
 import { bytesEqual, concatBytes, utf8Encode, wipe } from "./bytes";
 import {
   CHECK_BYTES, CHUNK_BYTES, DAMAGE_EXPLAINED, GEN_BYTES, MAX_CHUNKS, META_KEY, NONCE_BYTES, SALT_BYTES, SECRET_NAME_MAX,
-  VAULT_FORMAT, WIPE_KEY, chunkKey, decodeChunk, decodeHead, encodeChunk, encodeHead, headKey, isSecretName, openRecord,
+  VAULT_FORMAT, WIPE_KEY, META_FORMAT_INDEXED, decodeIndex, encodeIndex, epochGen, type VaultIndex, chunkKey, decodeChunk, decodeHead, encodeChunk, encodeHead, headKey, isSecretName, openRecord,
   parseKey, sealRecord, type DamageReason, type Slot,
 } from "./vault-record";
 
@@ -116,6 +124,12 @@ export class Vault implements SecretStore {
   #problem: DamageReason | undefined;
   #entries = new Map<string, Entry>();
   #damaged = new Map<string, DamageReason>();
+  #salt: Uint8Array | undefined;
+  #check2: Uint8Array | undefined;
+  /** Every live secret's write generation; undefined while the vault has no key. */
+  #index: VaultIndex | undefined;
+  /** A meta record of the first format (before the index): read as it is, then upgraded. */
+  #legacy = false;
 
   /** Open the vault at boot. Never throws because of stored contents; read status() to learn what it found. */
   static open(options: VaultOptions): Vault {
@@ -144,7 +158,12 @@ export class Vault implements SecretStore {
     const known = this.#damaged.get(name);
     if (known !== undefined) throw new VaultError(name, known);
     if (!this.#entries.has(name)) return undefined;
-    const result = this.#read(name);
+    let result = this.#read(name);
+    const listed = this.#index?.names.get(name);
+    if (!("reason" in result) && !(listed && bytesEqual(result.entry.gen, listed))) {
+      wipe(result.value);
+      result = { reason: "stale" };
+    }
     if ("reason" in result) {
       // Changed since open: remember it so status() and the provisioning state see it too.
       this.#entries.delete(name);
@@ -199,6 +218,11 @@ export class Vault implements SecretStore {
     checkName(name);
     try {
       const keys = this.#store.keys();
+      // Out of the index first: a head the index does not name is never read again, so a copy written back stays dead.
+      if (this.#index?.names.delete(name)) {
+        this.#index.epoch++;
+        this.#writeMeta();
+      }
       if (keys.indexOf(headKey(name)) >= 0) this.#store.delete(headKey(name));
       this.#entries.delete(name);
       this.#damaged.delete(name);
@@ -255,14 +279,47 @@ export class Vault implements SecretStore {
       this.#log("error", "vault: cannot unlock", { reason: this.#problem, secrets: heads.length });
       return;
     }
+    // No meta record and no heads: an empty vault, which gets its meta record at the first write.
+    const index = this.#index ?? { epoch: 0, names: new Map<string, Uint8Array>() };
+    const next = epochGen(index.epoch + 1);
+    let inFlight: string | undefined;
     for (const name of heads) {
       const result = this.#read(name);
       if ("reason" in result) {
         this.#damaged.set(name, result.reason);
         this.#log("warn", "vault: secret damaged", { secret: name, reason: result.reason });
-      } else {
+        continue;
+      }
+      wipe(result.value);
+      const listed = index.names.get(name);
+      if (this.#legacy || (listed && bytesEqual(result.entry.gen, listed))) this.#entries.set(name, result.entry);
+      else if (inFlight === undefined && bytesEqual(result.entry.gen, next)) {
+        // The last write's head landed but its index did not: take it, and finish the write below.
+        inFlight = name;
         this.#entries.set(name, result.entry);
-        wipe(result.value);
+      } else if (!listed) {
+        // Deleted (or never committed): a copy written back into flash must not come alive.
+        this.#log("warn", "vault: removing a record the index does not name", { secret: name });
+        try {
+          this.#store.delete(headKey(name));
+        } catch {
+          // Still never read: the index does not name it.
+        }
+      } else {
+        this.#damaged.set(name, "stale");
+        this.#log("error", "vault: secret is older than the vault last wrote", { secret: name });
+      }
+    }
+    for (const name of index.names.keys()) {
+      if (!this.#entries.has(name) && !this.#damaged.has(name)) this.#damaged.set(name, "missing");
+    }
+    if (this.#index && (this.#legacy || inFlight !== undefined)) {
+      if (inFlight !== undefined) index.epoch++;
+      for (const [name, entry] of this.#entries) index.names.set(name, entry.gen);
+      try {
+        this.#writeMeta();
+      } catch (e) {
+        this.#log("warn", "vault: could not update the index", { error: errorText(e) });
       }
     }
     const collected = this.#collect(keys);
@@ -278,18 +335,43 @@ export class Vault implements SecretStore {
       return "unreadable";
     }
     if (meta === undefined) return haveRecords ? "no-metadata" : undefined;
-    if (meta.length !== 1 + SALT_BYTES + CHECK_BYTES || meta[0] !== VAULT_FORMAT) return "no-metadata";
+    const base = 1 + SALT_BYTES + CHECK_BYTES;
+    const legacy = meta[0] === VAULT_FORMAT && meta.length === base;
+    if (!legacy && !(meta[0] === META_FORMAT_INDEXED && meta.length >= base)) return "no-metadata";
     const derived = this.#derive(meta.subarray(1, 1 + SALT_BYTES));
     if (typeof derived === "string") return derived;
-    if (!bytesEqual(derived.check, meta.subarray(1 + SALT_BYTES))) {
+    // The check differs by format, so a vault with an index cannot be passed off as one from before it.
+    if (!bytesEqual(legacy ? derived.check : derived.check2, meta.subarray(1 + SALT_BYTES, base))) {
       wipe(derived.key);
       return "wrong-key";
     }
     this.#key = derived.key;
+    this.#salt = meta.slice(1, 1 + SALT_BYTES);
+    this.#check2 = derived.check2;
+    this.#legacy = legacy;
+    if (legacy) {
+      this.#index = { epoch: 0, names: new Map() };
+      return undefined;
+    }
+    if (meta.length === base) {
+      this.#index = { epoch: 0, names: new Map() };
+      return undefined;
+    }
+    const opened = openRecord(derived.key, meta.subarray(base));
+    const index = typeof opened === "string" ? undefined : decodeIndex(opened.plain);
+    if (!index) return "no-metadata";
+    this.#index = index;
     return undefined;
   }
 
-  #derive(salt: Uint8Array): { key: Uint8Array; check: Uint8Array } | DamageReason {
+  /** Write the meta record with the index: one atomic write commits a set or a delete. */
+  #writeMeta(): void {
+    const sealed = sealRecord(this.#key!, this.#random, encodeIndex(this.#index!));
+    this.#store.write(META_KEY, concatBytes(Uint8Array.of(META_FORMAT_INDEXED), this.#salt!, this.#check2!, sealed.value));
+    this.#legacy = false;
+  }
+
+  #derive(salt: Uint8Array): { key: Uint8Array; check: Uint8Array; check2: Uint8Array } | DamageReason {
     let providerKey: Uint8Array;
     try {
       providerKey = this.#keys.storageKey();
@@ -300,10 +382,13 @@ export class Vault implements SecretStore {
     if (!(providerKey instanceof Uint8Array) || providerKey.length !== KEY_BYTES) return "no-key";
     const input = concatBytes(KDF_DOMAIN, Uint8Array.of(0), providerKey, salt);
     const h = this.#sha512(input);
-    const out = { key: h.slice(0, KEY_BYTES), check: h.slice(KEY_BYTES, KEY_BYTES + CHECK_BYTES) };
+    input[KDF_DOMAIN.length] = META_FORMAT_INDEXED;
+    const h2 = this.#sha512(input);
+    const out = { key: h.slice(0, KEY_BYTES), check: h.slice(KEY_BYTES, KEY_BYTES + CHECK_BYTES), check2: h2.slice(KEY_BYTES, KEY_BYTES + CHECK_BYTES) };
     wipe(providerKey);
     wipe(input);
     wipe(h);
+    wipe(h2);
     return out;
   }
 
@@ -317,15 +402,20 @@ export class Vault implements SecretStore {
     this.#random.fill(salt);
     const derived = this.#derive(salt);
     if (typeof derived === "string") throw new VaultError(undefined, derived);
-    this.#store.write(META_KEY, concatBytes(Uint8Array.of(VAULT_FORMAT), salt, derived.check));
     this.#key = derived.key;
+    this.#salt = salt;
+    this.#check2 = derived.check2;
+    this.#index = { epoch: 0, names: new Map() };
+    this.#writeMeta();
     return derived.key;
   }
 
   #write(key: Uint8Array, name: string, value: Uint8Array): void {
     const keys = this.#store.keys();
-    const gen = new Uint8Array(GEN_BYTES);
-    this.#random.fill(gen);
+    const index = this.#index!;
+    // The write's generation is the index's next count: a head carrying it is this write, even if the index was not yet updated.
+    index.epoch++;
+    const gen = epochGen(index.epoch);
     const previous = this.#entries.get(name);
     let entry: Entry;
     let body: Uint8Array;
@@ -351,8 +441,10 @@ export class Vault implements SecretStore {
     const sealed = sealRecord(key, this.#random, plain);
     wipe(plain);
     this.#store.write(headKey(name), sealed.value);
-    // Committed: the new value is what a reboot would read from here on.
+    // Committed: the new value is what a reboot would read from here on (see #load: the next count is taken as written).
     this.#entries.set(name, entry);
+    index.names.set(name, gen);
+    this.#writeMeta();
     this.#damaged.delete(name);
     for (const k of keys) {
       const p = parseKey(k);
@@ -447,6 +539,10 @@ export class Vault implements SecretStore {
     this.#problem = undefined;
     if (this.#key) wipe(this.#key);
     this.#key = undefined;
+    this.#index = undefined;
+    this.#salt = undefined;
+    this.#check2 = undefined;
+    this.#legacy = false;
     this.#log("info", "vault wiped");
   }
 
