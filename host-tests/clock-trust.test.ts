@@ -12,6 +12,7 @@ import { AccessTestbed, MemorySecretStore, OwnerApp, createUserKeys } from "../t
 import { MemoryStore } from "../modules/host/file-store";
 import { ManualClock } from "./helpers/manual-clock";
 import type { KeyValueStore, SecretStore } from "../modules/core/ports";
+import { REPLAY_KEY } from "../modules/core/commands";
 
 const DAY = 86_400_000;
 const FLOOR = 1_735_689_600_000;
@@ -137,6 +138,22 @@ test("with the device clock a day ahead, the owner's revoke is enforced within t
   t.true(all.ok, `${all.reason}: ${all.detail}`);
   t.is(tb.send(other, other.command("snapshot", {}, { gen: tb.access.generation })).reason, "revoked");
   t.deepEqual(tb.access.list.users().map((u) => u.id), ["owner"]);
+});
+
+test("with the device clock a day behind, the owner's revoke still lands", (t) => {
+  const clock = new ManualClock();
+  const realWall = clock.wall!;
+  const tb = new AccessTestbed({ clock });
+  const ex = tb.addUser("ex", "viewer");
+  const owner = new OwnerApp({ keys: tb.ownerKeys, thing: tb.thing, deviceBoxPublicKey: tb.device.publicKey, now: () => realWall + clock.now, gen: tb.access.generation });
+  clock.advance(1000);
+  // A reboot with no owner floor stored yet (none is until an access change after it), and the clock a day behind.
+  tb.store.delete(REPLAY_KEY);
+  clock.wall = realWall - DAY;
+  tb.boot();
+  const r = tb.send(owner, owner.revoke("ex"));
+  t.true(r.ok, `${r.reason}: ${r.detail}`);
+  t.is(tb.send(ex, ex.command("snapshot", {}, { gen: tb.access.generation })).reason, "revoked");
 });
 
 test("a revoke is applied even before the device has any trusted time", (t) => {

@@ -565,7 +565,8 @@ export class AccessControl {
     }
     if (!PERMISSIONS[op].includes(user.role)) throw new AccessRejection("forbidden", `a ${user.role} may not ${op}`);
     // Apps count in wall milliseconds; a counter further ahead than a command may live would hold its sender's mark out of reach.
-    if (now !== undefined && body.ctr > now + MAX_COMMAND_LIFETIME_MS) throw new AccessRejection("malformed", "counter too far ahead");
+    // Not for revocations: they must land even when the device clock is far behind the owner's.
+    if (!clockFree && now !== undefined && body.ctr > now + MAX_COMMAND_LIFETIME_MS) throw new AccessRejection("malformed", "counter too far ahead");
     const offload = op === "access-update" && deferred ? this.#o.crypto : undefined;
     if (offload && this.#granting) throw new AccessRejection("busy", "another access list is being verified");
     // Taking rights away is never rate-limited; everything else is, per sender (signed lists also overall, in the list's own checks).
