@@ -223,3 +223,20 @@ test("over the real vault and one flash store: list and keys encrypted at rest, 
   tb.boot();
   t.is(tb.send(alice, alice.command("snapshot")).reason, "revoked");
 });
+
+test("a command that re-keys its own sender gets a clear reply, not one sealed with the wiped old key", (t) => {
+  const tb = new AccessTestbed();
+  const rekeyedOwner = createUserKeys("owner", "owner");
+  const r = tb.send(tb.owner, tb.owner.updateList([rekeyedOwner.identity]));
+  t.true(r.ok, r.detail);
+  t.deepEqual(r.action?.type === "access-changed" && r.action.change.rekeyed, ["owner"]);
+  const doc = JSON.parse(new TextDecoder().decode(r.reply)) as { seal?: { box: string; n: string } };
+  if (doc.seal) {
+    const zero = new Uint8Array(32);
+    const opened = nacl.secretbox.open(Buffer.from(doc.seal.box, "base64url"), Buffer.from(doc.seal.n, "base64url"), zero);
+    t.is(opened, null, "the reply must not be sealed under an all-zero key");
+  }
+  t.is(doc.seal, undefined, "the sender's old reply key is gone with the change: the reply is in the clear");
+  t.false(r.read.authenticated);
+  t.true(r.read.reply.ok);
+});

@@ -656,8 +656,9 @@ export class AccessControl {
     if (fields.detail !== undefined) clear.detail = fields.detail;
     if (fields.result !== undefined) clear.result = fields.result;
     if (!fields.ok && fields.reason === "replay" && ctx.next !== undefined) clear.next = ctx.next;
-    // The reply key of a sender revoked by this very command is already wiped: it gets a clear reply.
-    const key = ctx.replyKey && ctx.from && this.list.keysFor(ctx.from) ? ctx.replyKey : null;
+    // The reply key of a sender revoked or re-keyed by this very command is already wiped (all zeros):
+    // seal only under the key the sender still has on the device, else reply in the clear.
+    const key = ctx.replyKey && ctx.from && this.list.keysFor(ctx.from)?.reply === ctx.replyKey ? ctx.replyKey : null;
     if (key) {
       try {
         const n = new Uint8Array(NONCE_BYTES);
