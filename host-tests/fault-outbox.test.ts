@@ -85,7 +85,7 @@ const TOPIC = "doorward/cut-porch/events";
 /** The workload. Stops at the first power cut (the device is dead from then on). */
 async function workload(store: KeyValueStore, plan: FaultPlan | undefined, journal: Journal): Promise<void> {
   const transport = new HandTransport();
-  const box = new Outbox({ transport, log: quiet, store, capacity: 4, maxDurableBytes: 12_000, onStall: () => {} });
+  const box = new Outbox({ transport, log: quiet, store, capacity: 4, flashBytes: 14_000, onStall: () => {} });
   const dead = () => plan?.tripped === true;
   const add = (seq: number, kind: OutboxKind, length = 200, covers?: number) => {
     if (dead()) return;
@@ -132,7 +132,7 @@ interface BootCheck {
 
 function checkBoot(store: MemoryStore, journal: Journal): BootCheck {
   const transport = new HandTransport();
-  const box = new Outbox({ transport, log: quiet, store, capacity: 4, maxDurableBytes: 12_000 });
+  const box = new Outbox({ transport, log: quiet, store, capacity: 4, flashBytes: 14_000 });
   const problems: string[] = [];
   const queue = box.pending();
   for (let i = 1; i < queue.length; i++) if (queue[i] <= queue[i - 1]) problems.push(`out of order: ${queue.join(",")}`);
@@ -183,12 +183,12 @@ test("a power cut at any flash step of any outbox operation, and at any step of 
     scenarios++;
     // Count the recovering boot's own steps, then cut it at each.
     const bootProbe = new FaultPlan();
-    new Outbox({ transport: new HandTransport(), log: quiet, store: faultyStore(cloneStore(flash), bootProbe), capacity: 4, maxDurableBytes: 12_000 });
+    new Outbox({ transport: new HandTransport(), log: quiet, store: faultyStore(cloneStore(flash), bootProbe), capacity: 4, flashBytes: 14_000 });
     for (let cut2 = 1; cut2 <= bootProbe.steps.length + 1; cut2++) {
       const copy = cloneStore(flash);
       const plan2 = new FaultPlan(cut2);
       try {
-        const rebooted = new Outbox({ transport: new HandTransport(), log: quiet, store: faultyStore(copy, plan2), capacity: 4, maxDurableBytes: 12_000 });
+        const rebooted = new Outbox({ transport: new HandTransport(), log: quiet, store: faultyStore(copy, plan2), capacity: 4, flashBytes: 14_000 });
         // A power cut alone never leaves a damaged record: a torn multi-part write must be invisible.
         if (rebooted.stats.damaged) failures.push(`cut at step ${cutAt} (${plan.steps[cutAt - 1]}): ${rebooted.stats.damaged} damaged record(s) after the reboot`);
       } catch (e) {
@@ -210,7 +210,7 @@ test("the checker catches a naive outbox that deletes before it is acknowledged"
   const journal: Journal = { added: [], acked: new Set() };
   await workload(flash, undefined, journal);
   const transport = new HandTransport();
-  const naive = new Outbox({ transport, log: quiet, store: flash, capacity: 4, maxDurableBytes: 12_000 });
+  const naive = new Outbox({ transport, log: quiet, store: flash, capacity: 4, flashBytes: 14_000 });
   naive.add({ topic: TOPIC, payload: payloadFor(11), seq: 11, durable: true, kind: "ring" });
   journal.added.push({ seq: 11, kind: "ring", payload: payloadFor(11), stored: true });
   for (const k of flash.keys()) if (k.startsWith(OUTBOX_PREFIX)) flash.delete(k);

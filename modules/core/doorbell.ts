@@ -43,6 +43,8 @@ const REPORT_MIN_INTERVAL_MS = 30_000;
 export const DEFAULT_NONCE_POOL = 8;
 export const DEFAULT_NONCE_RESERVE = 2;
 
+export type OutboxSettings = Pick<OutboxOptions, "flashBytes" | "capacity" | "volatileCapacity" | "window">;
+
 export interface DoorbellOptions {
   thing: string;
   /** The device's Ed25519 seed (32 bytes), from the secret store. */
@@ -84,8 +86,8 @@ export interface DoorbellOptions {
   onOnline?: () => void;
   /** Inbound messages (commands, shadow deltas, jobs): routed by the features that own those topics. */
   onMessage?: (topic: string, payload: Uint8Array) => void;
-  /** Outbox limits (see ./outbox): durable entries and bytes, volatile entries, publishes in flight. */
-  outbox?: Pick<OutboxOptions, "capacity" | "maxDurableBytes" | "volatileCapacity" | "window">;
+  /** Outbox limits (see ./outbox): flash budget in bytes, durable and volatile entries, publishes in flight. */
+  outbox?: OutboxSettings;
 }
 
 export interface SentEvent {

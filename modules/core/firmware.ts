@@ -18,7 +18,7 @@ import { Vault, type KeyProvider } from "./vault";
 import { Provisioning, type DeviceIdentity, type ProvisioningStatus } from "./provisioning";
 import { AccessControl, type CommandOutcome } from "./commands";
 import { deviceBoxSecretFromSeed } from "./access";
-import { Doorbell, type RingRecord } from "./doorbell";
+import { Doorbell, type OutboxSettings, type RingRecord } from "./doorbell";
 import type { EgressGuard } from "./egress";
 import type { HeavyCrypto } from "./heavy-crypto";
 
@@ -50,6 +50,8 @@ export interface FirmwarePorts {
   camera?: Camera;
   cipher?: Aead;
   sha256?: Sha256Factory;
+  /** Outbox limits; `flashBytes` is sized to the board's NVS partition (docs/reliability.md, "Capacity"). */
+  outbox?: OutboxSettings;
   /** Snapshot chunk size: sized to the device's free RAM (default 8 KB). */
   chunkBytes?: number;
   /** With this, signed firmware updates arrive through AWS IoT Jobs and streams on the same connection. */
@@ -186,6 +188,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     clock: ports.clock,
     random: ports.random,
     store: ports.store,
+    outbox: ports.outbox,
     transport: ports.transport(identity, ports.egress),
     log,
     button: ports.button,

@@ -21,7 +21,7 @@
  * is garbage from a cut. Restore never lets a key it cannot read stop it: such a key is skipped
  * (reported if it could have been an entry), and new ids start above every id in any key seen.
  *
- * When full (entries or bytes), the policy is: volatile messages only ever push out older
+ * When full (its flash budget, in bytes as NVS stores them, or an optional entry limit), the policy is: volatile messages only ever push out older
  * volatile messages; among flash entries the victim is the oldest of the least important
  * kind (status < snapshot < audit < ring), the new entry included, and entries in flight are
  * never chosen. So a ring goes only when the outbox holds nothing but rings, and then the
@@ -59,10 +59,14 @@ export interface OutboxOptions {
   log: Log;
   /** Flash for durable entries; without it everything is kept in RAM only. */
   store?: KeyValueStore;
-  /** Durable entries kept at most (drop reports not counted). Default 32. */
+  /** Durable entries kept at most (drop reports not counted). Default: no limit but flashBytes. */
   capacity?: number;
-  /** Payload bytes of durable entries kept at most. Default 16 KB (sized for a small NVS partition). */
-  maxDurableBytes?: number;
+  /**
+   * Flash the durable entries may take, in bytes as NVS stores them (entryFootprint), drop
+   * reports not counted. Default DEFAULT_OUTBOX_FLASH_BYTES; sized per board against its
+   * NVS partition (docs/reliability.md, "Capacity").
+   */
+  flashBytes?: number;
   /** Volatile entries kept at most. Default 32. */
   volatileCapacity?: number;
   /** Publishes awaiting PUBACK at once (AWS allows 100). Default 10. */
@@ -111,6 +115,33 @@ const ENTRY_KEY = /^ob\.([otsarp])([0-9a-z]{1,8})(?:\.([1-9][0-9]?))?$/;
 /** Eviction rank: lower goes first. Reports are never evicted (they sit outside the capacity). */
 const RANK: Readonly<Record<OutboxKind, number>> = { other: 0, status: 0, snapshot: 1, audit: 2, ring: 3, report: 9 };
 const MAX_ID = 36 ** 8 - 1;
+/**
+ * Default flash budget of the outbox: rides out a 60 s outage at four presses a second (240
+ * rings) and a 10-minute outage at a ring a minute with a snapshot each, on the S3 boards'
+ * 256 KB NVS partition next to the vault (docs/reliability.md, "Capacity").
+ */
+export const DEFAULT_OUTBOX_FLASH_BYTES = 128 * 1024;
+/** NVS: 32-byte entries; a blob takes one entry per 32 bytes of data, a data header, an index entry, and one more header if it spans two pages. */
+const NVS_ENTRY = 32;
+const SLOT_HEADER = 5;
+/** Flash one stored value of this many bytes takes in NVS, through the device's two-slot store. */
+export function valueFootprint(valueBytes: number): number {
+  return NVS_ENTRY * (3 + Math.ceil((valueBytes + SLOT_HEADER) / NVS_ENTRY));
+}
+/** Flash an entry of this payload and topic takes, all its parts together. */
+export function entryFootprint(payloadBytes: number, topicBytes: number): number {
+  const room = KV_MAX_VALUE - FRAME - BODY_HEADER;
+  let left = payloadBytes;
+  let total = 0;
+  for (let k = 0; ; k++) {
+    const take = Math.min(left, k === 0 ? room - topicBytes : room);
+    total += valueFootprint(FRAME + BODY_HEADER + (k === 0 ? topicBytes : 0) + take);
+    left -= take;
+    if (left <= 0) return total;
+  }
+}
+/** At least two of the largest events (4096-byte envelopes, two values each), so one always fits. */
+const MIN_FLASH_BYTES = 2 * entryFootprint(4096, 255);
 const freshLedger = (): DropLedger => ({ drops: 0, rings: 0, events: 0, acked: 0, victim: 0, recent: [], unreadable: 0, unreadableAcked: 0 });
 
 interface Item {
@@ -126,7 +157,7 @@ interface Item {
 
 export class Outbox {
   readonly capacity: number;
-  readonly maxDurableBytes: number;
+  readonly flashBytes: number;
   readonly volatileCapacity: number;
   readonly window: number;
   readonly stats = { sent: 0, acked: 0, resent: 0, restored: 0, damaged: 0, unreadable: 0, strays: 0, writeFailures: 0, stalls: 0 };
@@ -149,9 +180,8 @@ export class Outbox {
     this.#transport = options.transport;
     this.#log = options.log;
     this.#store = options.store;
-    this.capacity = Math.max(1, options.capacity ?? 32);
-    // At least two of the largest events (4096-byte envelopes), so one always fits.
-    this.maxDurableBytes = Math.max(8192, options.maxDurableBytes ?? 16 * 1024);
+    this.capacity = Math.max(1, options.capacity ?? Infinity);
+    this.flashBytes = Math.max(MIN_FLASH_BYTES, options.flashBytes ?? DEFAULT_OUTBOX_FLASH_BYTES);
     this.volatileCapacity = Math.max(1, options.volatileCapacity ?? 32);
     this.window = Math.max(1, Math.min(100, options.window ?? 10));
     if (this.#store) {
@@ -344,16 +374,16 @@ export class Outbox {
 
   /** Evict until `item` fits. Returns false if `item` itself was the victim. Throws if flash fails. */
   #makeRoomDurable(item: Item): boolean {
-    const size = item.entry.payload.length;
+    const size = footprint(item.entry);
     for (;;) {
       let count = 0, bytes = 0;
       for (const q of this.#queue) {
         if (q.id && q.kind !== "report") {
           count++;
-          bytes += q.entry.payload.length;
+          bytes += footprint(q.entry);
         }
       }
-      if (count < this.capacity && bytes + size <= this.maxDurableBytes) return true;
+      if (count < this.capacity && bytes + size <= this.flashBytes) return true;
       let victim: Item = item;
       for (const q of this.#queue) {
         if (!q.id || q.inFlight || q.kind === "report") continue;
@@ -581,6 +611,10 @@ function guessFits(guess: number, id: number, loaded: Item[]): boolean {
   if (!(guess > 0)) return false;
   for (const q of loaded) if (q.id < id && q.entry.seq >= guess) return false;
   return true;
+}
+
+function footprint(entry: OutboxEntry): number {
+  return entryFootprint(entry.payload.length, utf8Encode(entry.topic).length);
 }
 
 /** A key as it may be logged: printable ASCII, bounded. */

@@ -133,6 +133,7 @@ function boot(d: Device): void {
       random: d.random,
       vaultStore: openVaultStore(),
       store: openStore(),
+      outbox: settings.outboxBytes === undefined ? undefined : { flashBytes: settings.outboxBytes },
       keys: board.keys,
       log,
       sha512: d.sha512,

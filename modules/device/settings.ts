@@ -103,6 +103,8 @@ export interface DeviceSettings {
   /** Development builds of a board without key hardware: keep the vault key in plain flash (`devVaultKey=1`). */
   devVaultKey: boolean;
   update?: UpdateSettings;
+  /** The outbox's flash budget in bytes, sized to the board's NVS partition; absent: the core's default. */
+  outboxBytes?: number;
 }
 
 /** AWS IoT's limit on the MQTT keep-alive. */
@@ -247,6 +249,7 @@ export function parseSettings(config: Record<string, unknown>): DeviceSettings {
     camera: bool(dw.camera, "doorward.camera", false),
     devVaultKey: config.devVaultKey === "1" || config.devVaultKey === 1 || config.devVaultKey === true,
     ...(config.update === undefined ? {} : { update: update(config.update, board) }),
+    ...(dw.outboxBytes === undefined ? {} : { outboxBytes: integer(dw.outboxBytes, "doorward.outboxBytes", 16 * 1024, 1024 * 1024) }),
   };
 }
 
