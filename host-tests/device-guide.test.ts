@@ -21,7 +21,8 @@ import { topicsFor } from "../modules/core/topics";
 import { updateTopics } from "../modules/core/update";
 import { parseBundle } from "../modules/core/provisioning";
 import { endpointAllowed, parseSettings } from "../modules/device/settings";
-import { BOARDS, ESP_IDF_VERSION, MODDABLE_VERSION, REPO } from "../tools/mc";
+import { BOARDS, ESP_IDF_VERSION, MODDABLE_VERSION, REPO, mcconfigArgs } from "../tools/mc";
+import { displayProblem } from "../tools/sim-lin";
 
 const README = fs.readFileSync(path.join(REPO, "README.md"), "utf8");
 const AWS_DOC = fs.readFileSync(path.join(REPO, "docs", "aws.md"), "utf8");
@@ -244,10 +245,18 @@ test("tools/mc.ts: each missing piece is named, and with everything present the 
   t.deepEqual(ran(["flash", "m5atom", "--broker", broker, "--broker-port", "443"]), ["-i", "-m", "-p", "esp32/m5atom_s3r_m12", `broker=${broker}`, "brokerPort=443"]);
   t.deepEqual(ran(["debug", "lilygo", "--broker", broker]), ["-d", "-m", "-p", "esp32/lilygo_t_camera_plus_s3", "console=xsbug", `broker=${broker}`]);
   t.deepEqual(ran(["flash", "esp32cam", "--broker", broker, "--dev-vault-key"]), ["-i", "-m", "-p", "esp32:./hardware/targets/esp32cam", `broker=${broker}`, "devVaultKey=1"]);
-  t.deepEqual(ran(["sim", "--", "-x"]), ["-d", "-m", "-p", "lin", "provisionFile=/home/maker/dw/lin/bundle.json", "-x"]);
-  // The simulator needs no ESP-IDF.
+  // The simulator builds with -t build (the SDK's default lin target pkills every mcsim and starts xsbug), then needs mcsim.
+  t.deepEqual(mcconfigArgs("sim", BOARDS.find((b) => b.name === "lin")!, { env, extra: ["-x"] }), ["-d", "-m", "-p", "lin", "-t", "build", "-o", path.join(REPO, "build", "sim"), "provisionFile=/home/maker/dw/lin/bundle.json", "-x"]);
   fs.rmSync(sdk.record, { force: true });
-  t.is(mc(["sim"], { ...env, IDF_PATH: undefined }).status, 0);
+  const noMcsim = mc(["sim"], { ...env, IDF_PATH: undefined, DISPLAY: ":9" });
+  t.is(noMcsim.status, 1);
+  t.regex(noMcsim.stderr, /mcsim is not on PATH/);
+  t.false(fs.existsSync(sdk.record), "nothing is built when the simulator cannot run");
+  const emptyBin = tmp("dw-no-x-");
+  t.regex(displayProblem({ PATH: emptyBin }) ?? "", /no DISPLAY and no Xvfb on PATH.*apt-get install xvfb/);
+  fs.writeFileSync(path.join(emptyBin, "Xvfb"), "#!/bin/sh\n", { mode: 0o755 });
+  t.is(displayProblem({ PATH: emptyBin }), undefined, "Xvfb is enough without a display");
+  t.is(displayProblem({ PATH: "", DISPLAY: ":0" }), undefined);
   t.is(mc(["flash", "xiao", "--broker", broker, "--dev-vault-key"], env).status, 2, "--dev-vault-key is for the ESP32-CAM only");
   t.is(mc(["build", "esp8266", "--broker", broker], env).status, 2);
 });

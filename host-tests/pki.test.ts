@@ -1,12 +1,14 @@
 /*
  * Dev PKI: what the stand-in and the device rely on. Certificates chain to the dev
  * CA, carry the right names, roles and usages, keys are RSA-2048 PKCS#8 with private
- * files at 0600, and material is reused rather than silently regenerated.
+ * files at 0600, and material is reused rather than silently regenerated. Every
+ * certificate carries an authority key identifier, which the Moddable TLS client needs.
  */
 
 import test from "ava";
-import { X509Certificate, createPrivateKey, createPublicKey, sign, verify } from "node:crypto";
-import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { spawnSync } from "node:child_process";
+import { X509Certificate, createPrivateKey, createPublicKey, sign, verify, webcrypto } from "node:crypto";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import {
@@ -15,10 +17,15 @@ import {
   THING_OU,
   SERVER_OU,
   ensureDevPki,
+  hasAuthorityKeyId,
   issueRogueCredentials,
   issueThingCredentials,
   roleOfSubject,
 } from "../tools/pki";
+import "reflect-metadata";
+import * as x509 from "@peculiar/x509";
+
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
 const CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 const SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
@@ -170,4 +177,53 @@ test("roleOfSubject only knows the three OUs", (t) => {
   t.is(roleOfSubject({ CN: "x" }).role, undefined);
   t.is(roleOfSubject({ OU: [THING_OU, SERVICE_OU], CN: "x" }).role, undefined);
   t.is(roleOfSubject(undefined).role, undefined);
+});
+
+/** The key identifiers OpenSSL reads from a certificate (its own parser, not the library that wrote it). */
+function keyIds(pem: string): { ski?: string; aki?: string } {
+  const r = spawnSync("openssl", ["x509", "-noout", "-ext", "subjectKeyIdentifier,authorityKeyIdentifier"], { input: pem, encoding: "utf8" });
+  if (r.status !== 0) throw new Error(r.stderr);
+  const after = (label: string) => {
+    const m = new RegExp(`${label}:\\s*\\n\\s*(?:keyid:)?([0-9A-F:]+)`).exec(r.stdout);
+    return m?.[1];
+  };
+  return { ski: after("X509v3 Subject Key Identifier"), aki: after("X509v3 Authority Key Identifier") };
+}
+
+test("every certificate names its issuer's key: the root's AKI is its own SKI, the others' the root's (the SDK's X.509 code reads it off every chain certificate)", async (t) => {
+  const root = keyIds(pki.ca.certPem);
+  t.truthy(root.ski);
+  t.is(root.aki, root.ski, "self-signed root: AKI = SKI");
+  for (const c of [pki.server, pki.service, await issueThingCredentials(dir, "doorward-aki-1")]) {
+    const ids = keyIds(c.certPem);
+    t.is(ids.aki, root.ski, c.name);
+    t.truthy(ids.ski);
+    t.not(ids.ski, root.ski);
+  }
+  const rogue = await issueRogueCredentials(dir, "doorward-aki-2");
+  t.is(keyIds(rogue.caPem).aki, keyIds(rogue.caPem).ski);
+});
+
+test("a root on disk without an authority key identifier is replaced, and what it issued is issued again", async (t) => {
+  const old = await mkdtemp(path.join(os.tmpdir(), "doorward-pki-old-"));
+  scratch.push(old);
+  x509.cryptoProvider.set(webcrypto);
+  const alg = { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256", publicExponent: new Uint8Array([1, 0, 1]), modulusLength: 2048 };
+  const keys = (await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"])) as CryptoKeyPair;
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: "01", name: "O=Doorward Dev, CN=Doorward Dev Root CA", notBefore: new Date(Date.now() - 86_400_000), notAfter: new Date(Date.now() + 3_650 * 86_400_000), signingAlgorithm: alg, keys,
+    extensions: [new x509.BasicConstraintsExtension(true, 0, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true), await x509.SubjectKeyIdentifierExtension.create(keys.publicKey)],
+  });
+  const pkcs8 = new Uint8Array(await webcrypto.subtle.exportKey("pkcs8", keys.privateKey));
+  await writeFile(path.join(old, "ca.cert.pem"), cert.toString("pem"));
+  await writeFile(path.join(old, "ca.key.pem"), x509.PemConverter.encode(pkcs8, "PRIVATE KEY"), { mode: 0o600 });
+  t.is(keyIds(cert.toString("pem")).aki, undefined, "the old shape: no AKI");
+  t.false(hasAuthorityKeyId(cert));
+  const renewed = await ensureDevPki(old);
+  t.true(renewed.created);
+  const root = keyIds(renewed.ca.certPem);
+  t.is(root.aki, root.ski);
+  t.not(root.ski, keyIds(cert.toString("pem")).ski, "a new key");
+  t.is(keyIds(renewed.server.certPem).aki, root.ski);
+  t.true(new X509Certificate(renewed.server.certPem).verify(new X509Certificate(renewed.ca.certPem).publicKey));
 });

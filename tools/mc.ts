@@ -4,10 +4,11 @@
  *
  *   npx tsx tools/mc.ts check [board]
  *   npx tsx tools/mc.ts build|flash|debug <board> --broker <prefix>-ats.iot.<region>.amazonaws.com [--broker-port 8883|443] [--dev-vault-key]
- *   npx tsx tools/mc.ts sim
+ *   npx tsx tools/mc.ts sim [--thing NAME] [--rings N] [--no-build]
+ *   npx tsx tools/mc.ts compile <board>
  *   npx tsx tools/mc.ts provision --port /dev/ttyACM0 --bundle FILE [--keep]
  *   npx tsx tools/mc.ts provision-sim --bundle FILE [--keep]
- *   npx tsx tools/mc.ts typecheck [board]
+ *   npx tsx tools/mc.ts typecheck [board|lin]
  *
  * Every command that needs the SDK checks for it first and stops with a
  * message naming the missing piece: MODDABLE (the SDK checkout), mcconfig on
@@ -20,15 +21,24 @@
  *    build adds `-t build` (no flashing).
  *  - debug: `mcconfig -d -m -p <board> console=xsbug` for xsbug; it cannot be
  *    provisioned over the console, so provision with a build first.
- *  - sim: `mcconfig -d -m -p lin provisionFile=<DOORWARD_HOME or repo/.doorward>/lin/bundle.json`;
- *    provision-sim puts a bundle at that path, which the simulator reads and
- *    deletes.
+ *  - sim: `mcconfig -d -m -p lin -t build -o build/sim provisionFile=<DOORWARD_HOME
+ *    or repo/.doorward>/lin/bundle.json`, then tools/sim-lin.ts runs it: the
+ *    stand-in, provisioning, mcsim (under Xvfb without a display) and the
+ *    cloud consumer that verifies each ring. provision-sim puts a bundle of
+ *    your own at that path, which the simulator reads and deletes.
+ *  - compile: a board's JavaScript stage without ESP-IDF: mcconfig writes the
+ *    makefile, and its own targets for mc.xs.c and mc.resources.c run tsc,
+ *    xsc, xsl and mcrez. It finds everything the SDK's tools can find, short of
+ *    the C compile and the link.
  * The broker endpoint is compiled in (it is the egress allowlist's MQTT entry),
  * so a board build needs --broker (or DOORWARD_BROKER).
  *
- * typecheck re-checks the device sources the way mcconfig will, against the
- * SDK's own typings in $MODDABLE/typings (which differ from the npm
- * @moddable/typings that `npm test` uses), before a long build.
+ * typecheck sees exactly what mcconfig's tsc sees, per platform: mcconfig is
+ * run without -m, which writes the tsconfig-base.json (the manifest's module
+ * mapping for that platform as `paths`, the SDK's typings) and the mc.ffi.d.ts
+ * of that platform's "ffi" functions, and tsc checks every module mcconfig
+ * would compile against them. `npm test`'s device check uses the npm
+ * @moddable/typings instead, and cannot tell one platform's files from another's.
  */
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -39,6 +49,7 @@ import nacl from "tweetnacl";
 import { AWS_IOT_ATS_ENDPOINT } from "../modules/core/egress";
 import { parseReply, sendBundle, ProvisionError, type Reply } from "../modules/device/provision-serial";
 import { parseCommandLine, UserError as UsageError, wantsHelp } from "./lib/cli";
+import { runSimLin, SimError } from "./sim-lin";
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 /** The SDK and ESP-IDF versions this was written and checked against. */
@@ -147,7 +158,12 @@ interface Parsed {
 const OPTIONS = {
   broker: { type: "string" }, "broker-port": { type: "string" }, port: { type: "string" }, bundle: { type: "string" },
   "dev-vault-key": { type: "boolean" }, keep: { type: "boolean" },
+  thing: { type: "string" }, rings: { type: "string" }, "press-every": { type: "string" }, budget: { type: "string" },
+  "no-build": { type: "boolean" }, measure: { type: "boolean" },
 } as const;
+
+/** Manifests that run the simulator inside a board family's XS budget (creation values, no heap growth). */
+export const BUDGETS: Record<string, string> = { s3: "hardware/budget/lin-s3.json", esp32cam: "hardware/budget/lin-esp32cam.json" };
 
 function parseArgs(argv: string[]): Parsed {
   const { values, positionals, rest } = parseCommandLine({ name: "mc", usage: USAGE, options: OPTIONS, positionals: { max: 2 } }, argv);
@@ -164,7 +180,8 @@ function parseArgs(argv: string[]): Parsed {
 export function mcconfigArgs(command: "build" | "flash" | "debug" | "sim", board: BoardTarget, options: { broker?: string; brokerPort?: string; devVaultKey?: boolean; extra?: string[]; env?: NodeJS.ProcessEnv }): string[] {
   const args: string[] = [];
   if (command === "sim") {
-    args.push("-d", "-m", "-p", "lin", `provisionFile=${simBundlePath(options.env ?? {})}`);
+    // -t build: the SDK's default lin target would pkill every mcsim and serial2xsbug on the machine and launch xsbug.
+    args.push("-d", "-m", "-p", "lin", "-t", "build", "-o", path.join(REPO, "build", "sim"), `provisionFile=${simBundlePath(options.env ?? {})}`);
     return [...args, ...(options.extra ?? [])];
   }
   args.push(command === "debug" ? "-d" : "-i", "-m", "-p", board.platform);
@@ -192,7 +209,9 @@ export interface CliIo {
   err(line: string): void;
   env: NodeJS.ProcessEnv;
   /** Run a program with the terminal; resolves to its exit code. */
-  run(command: string, args: string[], env: NodeJS.ProcessEnv): Promise<number>;
+  run(command: string, args: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<number>;
+  /** The simulator session (tools/sim-lin.ts). */
+  sim(options: Parameters<typeof runSimLin>[0]): Promise<number>;
 }
 
 const USAGE = `usage: npx tsx tools/mc.ts <command> [board] [options] [-- more mcconfig arguments]
@@ -204,13 +223,19 @@ boards: ${BOARDS.filter((b) => b.esp32).map((b) => b.name).join(", ")} (and lin,
                            mcconfig -i -m -p <board> -t build   (needs MODDABLE, mcconfig, IDF_PATH)
   flash <board> --broker ...   build and flash the board connected over USB (UPLOAD_PORT=<tty> to choose it)
   debug <board> --broker ...   a -d build for xsbug (cannot be provisioned over the console)
-  sim                      mcconfig -d -m -p lin: the firmware in Moddable's Linux simulator
+  sim [--thing NAME] [--rings N] [--press-every MS] [--measure] [--budget s3|esp32cam] [--no-build]
+                           the firmware in Moddable's Linux simulator: mcconfig -d -m -p lin -t build,
+                           the local AWS IoT stand-in, provisioning on first run, mcsim (under Xvfb
+                           when there is no DISPLAY), its log, and each ring verified; --rings N stops
+                           after N verified rings; --measure reports the XS stack and heap peaks;
+                           --budget runs inside a board family's creation values, with no heap growth
+  compile <board>          the JavaScript stage of a board build (tsc, xsc, xsl, mcrez) without ESP-IDF
   provision --port <tty> --bundle <file> [--keep]
                            send a bundle (npx tsx tools/provision.ts create ...) over the board's console;
                            the file is erased afterwards unless --keep
   provision-sim --bundle <file> [--keep]
                            hand a bundle to the simulator (<DOORWARD_HOME or .doorward>/lin/bundle.json)
-  typecheck [board]        type-check the device code against $MODDABLE/typings, as mcconfig will
+  typecheck [board|lin]    type-check every platform (or one) exactly as mcconfig's tsc will
 
 --dev-vault-key: esp32cam only, development only: keep the vault key in plain flash (no flash encryption).
 SDK ${MODDABLE_VERSION}, ESP-IDF ${ESP_IDF_VERSION}.`;
@@ -243,11 +268,29 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       }
       case "sim": {
         requireSdk(io.env);
-        const args = mcconfigArgs("sim", findBoard("lin"), { extra: p.extra, env: io.env });
-        io.out(`mcconfig ${args.join(" ")}`);
-        io.out(`provision it with: npm run provision:sim -- --bundle <file>   (it polls ${simBundlePath(io.env)})`);
-        return await io.run("mcconfig", args, toolEnv(io.env));
+        const rings = Number(p.values.get("--rings") ?? 0);
+        if (!Number.isInteger(rings) || rings < 0) throw new UsageError("--rings takes a whole number");
+        const press = p.values.get("--press-every");
+        if (press !== undefined && !/^[1-9][0-9]{2,7}$/.test(press)) throw new UsageError("--press-every takes milliseconds, 100 or more");
+        const budget = p.values.get("--budget");
+        if (budget !== undefined && !BUDGETS[budget]) throw new UsageError(`--budget is one of ${Object.keys(BUDGETS).join(", ")}`);
+        return await io.sim({
+          repo: REPO,
+          home: path.dirname(path.dirname(simBundlePath(io.env))),
+          thing: p.values.get("--thing") ?? io.env.DOORWARD_THING ?? "doorward-lin-1",
+          env: toolEnv(io.env),
+          rings,
+          noBuild: p.flags.has("--no-build"),
+          extra: p.extra,
+          measure: p.flags.has("--measure"),
+          ...(press === undefined ? {} : { pressEveryMs: Number(press) }),
+          ...(budget === undefined ? {} : { manifest: path.join(REPO, BUDGETS[budget]) }),
+          out: io.out,
+          err: io.err,
+        });
       }
+      case "compile":
+        return await compile(p, io);
       case "provision":
         return await provision(p, io);
       case "provision-sim":
@@ -262,7 +305,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       io.err(`mc: ${e.message}`);
       return 2;
     }
-    if (e instanceof SetupError || e instanceof ProvisionError) {
+    if (e instanceof SetupError || e instanceof ProvisionError || e instanceof SimError) {
       io.err(`mc: ${e.message}`);
       return 1;
     }
@@ -380,63 +423,104 @@ async function provision(p: Parsed, io: CliIo): Promise<number> {
   }
 }
 
-// ------------------------------------------------------------------ typecheck against the SDK's typings
+// ------------------------------------------------------------------ what mcconfig generates, per platform
 
-/** Specifier → typings file (without .d.ts), the way examples/manifest_typings.json maps them. */
-function sdkTypingPaths(moddable: string): Record<string, string[]> {
-  const typings = path.join(moddable, "typings");
-  const paths: Record<string, string[]> = {};
-  const add = (prefix: string, dir: string) => {
-    const abs = path.join(typings, dir);
-    if (!fs.existsSync(abs)) return;
-    for (const f of fs.readdirSync(abs)) if (f.endsWith(".d.ts")) paths[prefix + f.slice(0, -5)] ??= [path.join(abs, f.slice(0, -5))];
+/** mcconfig's arguments for generating (no -m) a platform's build files into outDir. */
+export function generateArgs(board: BoardTarget, outDir: string, env: NodeJS.ProcessEnv): string[] {
+  if (!board.esp32) return ["-d", "-p", "lin", "-o", outDir, `provisionFile=${simBundlePath(env)}`];
+  return ["-i", "-p", board.platform, "-t", "build", "-o", outDir, "broker=abc123example-ats.iot.eu-west-1.amazonaws.com"];
+}
+
+/** The directory holding the makefile mcconfig generated under outDir. */
+function generatedDir(outDir: string): string {
+  const found: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(path.join(dir, e.name));
+      else if (e.name === "makefile") found.push(dir);
+    }
   };
-  add("", ".");
-  add("mc/", "mc");
-  add("pins/", "pins");
-  add("embedded:io/", "embedded_io");
-  add("embedded:io/socket/", "embedded_io/socket");
-  add("embedded:network/", "embedded_network");
-  add("embedded:network/mqtt/", "embedded_network/mqtt");
-  add("embedded:network/interface/", "embedded_network/interface");
-  add("embedded:network/dns/resolver/", "embedded_network/dns/resolver");
-  add("embedded:", "embedded");
-  add("embedded:storage/", "embedded/storage");
-  add("embedded:provider/", "embedded_provider");
-  // Modules without typings resolve to their JavaScript source, as under mcconfig (implicitly any).
-  const js: Record<string, string> = {
-    "embedded:io/socket/tcp/tls": "typings/embedded_io/socket/tls",
-    gcm: "modules/crypt/etc/gcm",
-    "embedded:io/image/in/camera": "modules/io/imagein/camera/esp32/camera",
+  walk(path.join(outDir, "tmp"));
+  if (found.length !== 1) throw new SetupError(`expected one generated makefile under ${outDir}/tmp, found ${found.length}`);
+  return found[0];
+}
+
+/** Run mcconfig without -m in a clean build/<kind>/<board> and return the generated directory. */
+async function generate(io: CliIo, board: BoardTarget, kind: string): Promise<string | number> {
+  const outDir = path.join(REPO, "build", kind, board.name);
+  fs.rmSync(outDir, { recursive: true, force: true });
+  fs.mkdirSync(outDir, { recursive: true });
+  const args = generateArgs(board, outDir, io.env);
+  io.out(`mcconfig ${args.join(" ")}`);
+  const code = await io.run("mcconfig", args, toolEnv(io.env));
+  if (code !== 0) return code;
+  return generatedDir(outDir);
+}
+
+/** Every source mcconfig's per-module tsconfigs compile (one <name>-tsconfig.json each, beside tsconfig-base.json). */
+export function generatedTsSources(modulesDir: string): string[] {
+  const files: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith("-tsconfig.json")) files.push(...((JSON.parse(fs.readFileSync(p, "utf8")).files ?? []) as string[]));
+    }
   };
-  for (const [spec, file] of Object.entries(js)) paths[spec] ??= [path.join(moddable, file)];
-  return paths;
+  walk(modulesDir);
+  return [...new Set(files)].sort();
 }
 
 async function typecheck(p: Parsed, io: CliIo): Promise<number> {
-  const board = p.positional[0] ? findBoard(p.positional[0]) : undefined;
-  const moddable = requireModdable(io.env);
-  if (!fs.existsSync(path.join(moddable, "typings"))) throw new SetupError(`MODDABLE=${moddable} has no typings/ directory (SDK ${MODDABLE_VERSION} or later is needed)`);
-  const device = path.join(REPO, "modules", "device");
-  const sim = new Set(["board-sim.ts", "button-sim.ts", "random-sim.ts", "vault-key-sim.ts"]);
-  const files = fs.readdirSync(device).filter((f) => f.endsWith(".ts") && !f.endsWith(".d.ts") && (board?.name === "lin" ? true : board ? !sim.has(f) : true)).map((f) => path.join(device, f));
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "doorward-typecheck-"));
-  const tsconfig = {
-    compilerOptions: {
-      // What mcconfig's generated tsconfig-base.json holds, plus manifest.json's typescript.tsconfig.
-      forceConsistentCasingInFileNames: true, module: "preserve", resolveJsonModule: true, lib: ["es2025"], target: "es2025",
-      noImplicitAny: false, noEmit: true,
-      types: [path.join(moddable, "xs", "includes", "xs"), path.join(moddable, "typings", "global")],
-      paths: { ...sdkTypingPaths(moddable), tweetnacl: [path.join(REPO, "modules", "vendor", "tweetnacl")] },
-    },
-    files,
-  };
-  const config = path.join(dir, "tsconfig.json");
-  fs.writeFileSync(config, JSON.stringify(tsconfig, null, 1));
-  io.out(`tsc -p ${config}  (${files.length} device modules against ${path.join(moddable, "typings")})`);
-  const code = await io.run("tsc", ["-p", config], toolEnv(io.env));
-  fs.rmSync(dir, { recursive: true, force: true });
-  return code;
+  requireSdk(io.env);
+  const boards = p.positional[0] ? [findBoard(p.positional[0])] : BOARDS;
+  const failed: string[] = [];
+  for (const board of boards) {
+    const dir = await generate(io, board, "typecheck");
+    if (typeof dir === "number") {
+      failed.push(`${board.name} (mcconfig exit ${dir})`);
+      continue;
+    }
+    const modules = path.join(dir, "modules");
+    const base = path.join(modules, "tsconfig-base.json");
+    if (!fs.existsSync(base)) throw new SetupError(`mcconfig wrote no ${base}: is this SDK ${MODDABLE_VERSION}?`);
+    const files = generatedTsSources(modules);
+    const config = path.join(dir, "doorward-typecheck.json");
+    fs.writeFileSync(config, JSON.stringify({ extends: base, compilerOptions: { noEmit: true }, files }, null, 1));
+    io.out(`tsc -p ${config}   (${board.name}: ${files.length} modules, ${path.join(dir, "mc.ffi.d.ts")})`);
+    const code = await io.run("tsc", ["-p", config], toolEnv(io.env));
+    if (code !== 0) failed.push(board.name);
+  }
+  if (failed.length) {
+    io.err(`mc: typecheck failed for ${failed.join(", ")}`);
+    return 1;
+  }
+  io.out(`typecheck ok: ${boards.map((b) => b.name).join(", ")}`);
+  return 0;
+}
+
+async function compile(p: Parsed, io: CliIo): Promise<number> {
+  const board = findBoard(p.positional[0]);
+  requireSdk(io.env);
+  if (!board.esp32) {
+    const outDir = path.join(REPO, "build", "compile", "lin");
+    fs.rmSync(outDir, { recursive: true, force: true });
+    fs.mkdirSync(outDir, { recursive: true });
+    const args = ["-d", "-m", "-p", "lin", "-t", "build", "-o", outDir, `provisionFile=${simBundlePath(io.env)}`];
+    io.out(`mcconfig ${args.join(" ")}`);
+    return await io.run("mcconfig", args, toolEnv(io.env));
+  }
+  const dir = await generate(io, board, "compile");
+  if (typeof dir === "number") return dir;
+  // The makefile insists on an ESP-IDF checkout only to name its version and to make sdkconfig.h, which the
+  // JavaScript stage does not use: both are given on the command line.
+  const targets = [path.join(dir, "mc.xs.c"), path.join(dir, "mc.resources.c")];
+  const args = ["-f", path.join(dir, "makefile"), `IDF_PATH=${dir}`, `IDF_VERSION=${ESP_IDF_VERSION}`, "SDKCONFIG_H=", ...targets];
+  io.out(`make ${args.join(" ")}`);
+  const code = await io.run("make", args, toolEnv(io.env), dir);
+  if (code !== 0) return code;
+  for (const t of targets) io.out(`${t}: ${fs.statSync(t).size} bytes`);
+  return 0;
 }
 
 function processIo(): CliIo {
@@ -444,9 +528,10 @@ function processIo(): CliIo {
     out: (line) => process.stdout.write(line + "\n"),
     err: (line) => process.stderr.write(line + "\n"),
     env: process.env,
-    run: (command, args, env) =>
+    sim: runSimLin,
+    run: (command, args, env, cwd = REPO) =>
       new Promise((resolve) => {
-        const child = spawn(command, args, { cwd: REPO, env, stdio: "inherit" });
+        const child = spawn(command, args, { cwd, env, stdio: "inherit" });
         child.on("error", (e) => {
           process.stderr.write(`mc: cannot run ${command}: ${e.message}\n`);
           resolve(127);

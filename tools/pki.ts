@@ -20,6 +20,13 @@
  *
  * The "rogue" CA in <dir>/rogue issues certificates of exactly the same shape that the
  * stand-in must refuse, and a rogue server certificate a device must refuse.
+ *
+ * Every certificate carries an authority key identifier, the self-signed roots too (equal
+ * to their own subject key identifier). The Moddable SDK's TLS client reads the AKI of each
+ * certificate the server sends after its own and compares it with the SKI of its trust
+ * anchors, with no check that it is there: a root without one, sent in the chain as the
+ * stand-in does, throws inside the handshake and aborts the firmware. A root on disk that
+ * lacks it is replaced (and everything it issued with it).
  */
 
 import { X509Certificate as NodeX509Certificate, webcrypto } from "node:crypto";
@@ -191,7 +198,7 @@ async function loadOrCreateAuthority(caDir: string, commonName: string): Promise
     const certPem = await readFile(certPath, "utf8");
     const keyPem = await readFile(keyPath, "utf8");
     const node = new NodeX509Certificate(certPem);
-    if (Date.parse(node.validTo) - Date.now() > RENEW_MARGIN) {
+    if (Date.parse(node.validTo) - Date.now() > RENEW_MARGIN && hasAuthorityKeyId(new x509.X509Certificate(certPem))) {
       const key = await subtle.importKey("pkcs8", derOf(keyPem), RSA_IMPORT, false, ["sign"]);
       return { ca: { cert: new x509.X509Certificate(certPem), node, key, certPem, certPath, keyPath }, created: false };
     }
@@ -211,6 +218,7 @@ async function loadOrCreateAuthority(caDir: string, commonName: string): Promise
       new x509.BasicConstraintsExtension(true, 0, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
   const certPem = cert.toString("pem");
@@ -221,6 +229,12 @@ async function loadOrCreateAuthority(caDir: string, commonName: string): Promise
     ca: { cert, node: new NodeX509Certificate(certPem), key: keys.privateKey, certPem, certPath, keyPath },
     created: true,
   };
+}
+
+/** Whether a certificate names its issuer's key (what the SDK's X.509 code needs of every certificate in a chain). */
+export function hasAuthorityKeyId(cert: x509.X509Certificate): boolean {
+  const aki = cert.getExtension(x509.AuthorityKeyIdentifierExtension);
+  return Boolean(aki?.keyId);
 }
 
 function credentialsFrom(role: CertificateRole, name: string, certPem: string, keyPem: string, certPath: string, keyPath: string): Credentials {

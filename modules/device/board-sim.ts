@@ -13,7 +13,7 @@
 import FFI from "mc/ffi";
 import type { Board, OpenBoardOptions } from "./board-api";
 import type { BundleFiles } from "./provision-file";
-import { createVaultKeyProvider } from "./vault-key";
+import { createVaultKeyProvider } from "device/vault-key";
 import { HostNetwork } from "./wifi";
 
 /** The glue mcconfig generates for hardware/lin.json's "ffi" entry. */

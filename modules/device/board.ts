@@ -28,7 +28,7 @@ import { createAesGcm, createSha256 } from "./cipher";
 import type { ConsolePort } from "./provision-serial";
 import type { OutputSettings } from "./settings";
 import { createBootControl, DeviceUpdateSink } from "./update-sink";
-import { createVaultKeyProvider } from "./vault-key";
+import { createVaultKeyProvider } from "device/vault-key";
 import { WifiLink, type Wifi419Constructor } from "./wifi";
 
 /** The glue mcconfig generates for hardware/esp32.json's "ffi" entry. */

@@ -22,6 +22,12 @@
  * `ssid` (the SDK's setup/network then does nothing) and `sntp` is empty.
  * Every destination (the broker, the NTP host, their DNS look-ups) goes
  * through ./egress, which checks the build's allowlist first.
+ *
+ * The modules that differ per platform (device/board, device/button,
+ * device/random) are imported by their manifest specifier, never by a relative
+ * path: mcconfig's tsc follows a relative path to one file on disk, whatever
+ * the platform, while the specifier goes through the platform's own mapping,
+ * for tsc and XS alike.
  */
 import config from "mc/config";
 import Time from "time";
@@ -29,9 +35,9 @@ import { bootFirmware, type RunningFirmware, type WaitingFirmware } from "../cor
 import type { DeviceIdentity } from "../core/provisioning";
 import type { Log } from "../core/ports";
 import type { Board } from "./board-api";
-import { openBoard } from "./board";
+import { openBoard } from "device/board";
 import { BringUp } from "./bringup";
-import { createButton } from "./button";
+import { createButton } from "device/button";
 import { Chime } from "./chime";
 import { DeviceClock } from "./clock";
 import { tlsIdentity } from "./identity";
@@ -41,7 +47,7 @@ import { createLog } from "./log";
 import { createMqttTransport } from "./mqtt";
 import { FileProvisioner } from "./provision-file";
 import { ConsoleProvisioner } from "./provision-serial";
-import { createRandom } from "./random";
+import { createRandom } from "device/random";
 import { endpointAllowed, parseSettings, SettingsError, type DeviceSettings } from "./settings";
 import { createSha512 } from "./sha512";
 import { startDeviceCryptoWorker } from "./crypto-worker";

@@ -15,7 +15,8 @@
  * bundle, in the vault. A few top-level keys can be given on the mcconfig
  * command line: `broker=<prefix>-ats.iot.<region>.amazonaws.com`,
  * `brokerPort=8883`, and, from tools/mc.ts, `console=xsbug` (a -d build: the
- * serial line belongs to the debugger) and `provisionFile=<path>` (simulator).
+ * serial line belongs to the debugger), `provisionFile=<path>` (simulator) and
+ * `pressEveryMs=<ms>` (the simulator's virtual button, for a measured run).
  *
  * Platform-free, so the host tests check the shipped manifest against it.
  */
@@ -219,8 +220,10 @@ export function parseSettings(config: Record<string, unknown>): DeviceSettings {
   const buttonSettings: ButtonSettings = {};
   if (button.pin !== undefined) buttonSettings.pin = integer(button.pin, "doorward.button.pin", 0, MAX_GPIO);
   if (button.activeLow !== undefined) buttonSettings.activeLow = bool(button.activeLow, "doorward.button.activeLow", true);
-  if (button.simulatedPressEveryMs !== undefined) {
-    buttonSettings.simulatedPressEveryMs = integer(button.simulatedPressEveryMs, "doorward.button.simulatedPressEveryMs", 0, 86_400_000);
+  const pressEvery = config.pressEveryMs ?? button.simulatedPressEveryMs;
+  if (pressEvery !== undefined) {
+    if (button.pin !== undefined) throw new SettingsError("config: pressEveryMs is for the simulator's virtual button; this board has a real one");
+    buttonSettings.simulatedPressEveryMs = integer(pressEvery, "doorward.button.simulatedPressEveryMs", 0, 86_400_000);
   }
 
   const led = output(dw.led, "doorward.led");
