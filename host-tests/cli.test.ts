@@ -43,6 +43,8 @@ const COMMANDS: Record<string, string> = {
 /** Modules that only other code imports: nobody is told to run them. */
 const LIBRARIES = new Set([
   "tools/lib/cli.ts",
+  "tools/sim-lin.ts",
+  "tools/xs-meter.ts",
   "tools/import-rules.ts",
   "tools/openssl-ed25519.ts",
   "tools/wait-for.ts",

@@ -46,6 +46,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import nacl from "tweetnacl";
+import ts from "typescript";
 import { AWS_IOT_ATS_ENDPOINT } from "../modules/core/egress";
 import { parseReply, sendBundle, ProvisionError, type Reply } from "../modules/device/provision-serial";
 import { parseCommandLine, UserError as UsageError, wantsHelp } from "./lib/cli";
@@ -457,18 +458,68 @@ async function generate(io: CliIo, board: BoardTarget, kind: string): Promise<st
   return generatedDir(outDir);
 }
 
-/** Every source mcconfig's per-module tsconfigs compile (one <name>-tsconfig.json each, beside tsconfig-base.json). */
-export function generatedTsSources(modulesDir: string): string[] {
+/** mcconfig's per-module tsconfigs (one <name>-tsconfig.json each, under the modules directory, beside tsconfig-base.json). */
+export function generatedTsconfigs(modulesDir: string): string[] {
   const files: string[] = [];
   const walk = (dir: string) => {
     for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
       const p = path.join(dir, e.name);
       if (e.isDirectory()) walk(p);
-      else if (e.name.endsWith("-tsconfig.json")) files.push(...((JSON.parse(fs.readFileSync(p, "utf8")).files ?? []) as string[]));
+      else if (e.name.endsWith("-tsconfig.json")) files.push(p);
     }
   };
   walk(modulesDir);
-  return [...new Set(files)].sort();
+  return files.sort();
+}
+
+/**
+ * The diagnostics mcconfig's `tsc -p <module>-tsconfig.json` runs would print, one run per module.
+ * Each run is its own program, so a global one module's imports declare (the SDK's worker typings
+ * declare `self`) is not there for another module: checking all modules in one program would miss
+ * that. Modules whose programs pull in the same declaration files are checked together, which
+ * gives the same answer in a few programs instead of one per module.
+ */
+export function checkLikeMcconfig(tsconfigs: string[]): { diagnostics: string; errors: number; programs: number } {
+  const parseHost: ts.ParseConfigFileHost = { ...ts.sys, onUnRecoverableConfigFileDiagnostic: (d) => { throw new SetupError(ts.flattenDiagnosticMessageText(d.messageText, "\n")); } };
+  const configs = tsconfigs.map((file) => {
+    const parsed = ts.getParsedCommandLineOfConfigFile(file, undefined, parseHost);
+    if (!parsed) throw new SetupError(`cannot read ${file}`);
+    return parsed;
+  });
+  if (configs.length === 0) return { diagnostics: "", errors: 0, programs: 0 };
+  const options: ts.CompilerOptions = { ...configs[0].options, noEmit: true, outDir: undefined, rootDir: undefined, sourceMap: false };
+  const host = ts.createCompilerHost(options);
+  const cache = new Map<string, ts.SourceFile | undefined>();
+  const getSourceFile = host.getSourceFile.bind(host);
+  host.getSourceFile = (name, lang, onError) => {
+    if (!cache.has(name)) cache.set(name, getSourceFile(name, lang, onError));
+    return cache.get(name);
+  };
+  const groups = new Map<string, string[]>();
+  let previous: ts.Program | undefined;
+  for (const c of configs) {
+    previous = ts.createProgram({ rootNames: c.fileNames, options, host, oldProgram: previous });
+    const declarations = previous.getSourceFiles().filter((sf) => sf.isDeclarationFile).map((sf) => sf.fileName).sort().join("\n");
+    groups.set(declarations, [...(groups.get(declarations) ?? []), ...c.fileNames]);
+  }
+  const seen = new Set<string>();
+  const out: ts.Diagnostic[] = [];
+  for (const roots of groups.values()) {
+    previous = ts.createProgram({ rootNames: roots, options, host, oldProgram: previous });
+    for (const d of ts.getPreEmitDiagnostics(previous)) {
+      const key = `${d.file?.fileName}:${d.start}:${d.code}`;
+      if (!seen.has(key)) {
+        seen.add(key);
+        out.push(d);
+      }
+    }
+  }
+  const formatHost: ts.FormatDiagnosticsHost = { getCanonicalFileName: (f) => f, getCurrentDirectory: () => REPO, getNewLine: () => "\n" };
+  return {
+    diagnostics: ts.formatDiagnostics(out, formatHost),
+    errors: out.filter((d) => d.category === ts.DiagnosticCategory.Error).length,
+    programs: groups.size,
+  };
 }
 
 async function typecheck(p: Parsed, io: CliIo): Promise<number> {
@@ -482,14 +533,12 @@ async function typecheck(p: Parsed, io: CliIo): Promise<number> {
       continue;
     }
     const modules = path.join(dir, "modules");
-    const base = path.join(modules, "tsconfig-base.json");
-    if (!fs.existsSync(base)) throw new SetupError(`mcconfig wrote no ${base}: is this SDK ${MODDABLE_VERSION}?`);
-    const files = generatedTsSources(modules);
-    const config = path.join(dir, "doorward-typecheck.json");
-    fs.writeFileSync(config, JSON.stringify({ extends: base, compilerOptions: { noEmit: true }, files }, null, 1));
-    io.out(`tsc -p ${config}   (${board.name}: ${files.length} modules, ${path.join(dir, "mc.ffi.d.ts")})`);
-    const code = await io.run("tsc", ["-p", config], toolEnv(io.env));
-    if (code !== 0) failed.push(board.name);
+    if (!fs.existsSync(path.join(modules, "tsconfig-base.json"))) throw new SetupError(`mcconfig wrote no ${path.join(modules, "tsconfig-base.json")}: is this SDK ${MODDABLE_VERSION}?`);
+    const tsconfigs = generatedTsconfigs(modules);
+    const result = checkLikeMcconfig(tsconfigs);
+    io.out(`${board.name}: ${tsconfigs.length} modules, each as mcconfig's tsc -p ${path.join(modules, "<module>-tsconfig.json")} (${result.programs} programs), with ${path.join(dir, "mc.ffi.d.ts")}: ${result.errors} errors`);
+    if (result.diagnostics) io.err(result.diagnostics.trimEnd());
+    if (result.errors) failed.push(board.name);
   }
   if (failed.length) {
     io.err(`mc: typecheck failed for ${failed.join(", ")}`);

@@ -348,9 +348,10 @@ export async function runSimLin(o: SimLinOptions): Promise<number> {
   await standin.close();
   if (meter) {
     const peaks = meter.peaks();
+    const machines = meter.machines();
     await meter.close();
-    o.out(`xs: ${describePeaks(peaks)}`);
-    fs.writeFileSync(path.join(outDir, "xs-peaks.json"), JSON.stringify({ rings: verified, ...peaks }, null, 1) + "\n");
+    for (const m of machines) o.out(`xs ${m.name}: ${describePeaks(m.peaks)}`);
+    fs.writeFileSync(path.join(outDir, "xs-peaks.json"), JSON.stringify({ rings: verified, main: peaks, machines }, null, 1) + "\n");
   }
   if (fs.existsSync(preferences)) {
     const mode = fs.statSync(preferences).mode & 0o777;

@@ -17,6 +17,9 @@
  * The lowest reading that follows a collection (the count of collections
  * went up) bounds the live data from above at that moment; the largest of
  * those is reported as the live peak.
+ *
+ * Each XS machine connects on its own (the main machine first, then any
+ * Worker), and each one's figures are kept apart, by the name it logs in with.
  */
 import net from "node:net";
 
@@ -40,7 +43,10 @@ export interface XsPeaks {
 
 export interface XsMeter {
   port: number;
+  /** The first machine to connect: the main one. */
   peaks(): XsPeaks;
+  /** Every machine, in the order they connected, by login name. */
+  machines(): Array<{ name: string; peaks: XsPeaks }>;
   /** Start a new window for peaks (e.g. per scenario step). */
   mark(): XsPeaks;
   close(): Promise<void>;
@@ -55,13 +61,11 @@ function empty(): XsPeaks {
 
 /** Listen on 127.0.0.1 (port 0: ephemeral) for one debug machine. */
 export async function startXsMeter(onLog: (line: string) => void, port = 0): Promise<XsMeter> {
-  let names: string[] = [];
-  let total = empty();
-  let windowed = empty();
-  let lastGc = -1;
-  let logBuffer = "";
+  interface Machine { name: string; names: string[]; total: XsPeaks; windowed: XsPeaks; lastGc: number; logBuffer: string }
+  const machines: Machine[] = [];
   const sockets = new Set<net.Socket>();
-  const record = (values: number[]) => {
+  const record = (m: Machine, values: number[]) => {
+    const { names } = m;
     const at = (name: string) => {
       const i = names.indexOf(name);
       return i < 0 ? NaN : values[i];
@@ -69,7 +73,7 @@ export async function startXsMeter(onLog: (line: string) => void, port = 0): Pro
     const chunks = at("Chunk used"), chunksReserved = at("Chunk available"), slots = at("Slot used"), slotsReserved = at("Slot available");
     const stack = at("Stack used"), stackSize = at("Stack available"), gc = at("Garbage collections");
     if ([chunks, slots, stack].some(Number.isNaN)) return;
-    for (const p of [total, windowed]) {
+    for (const p of [m.total, m.windowed]) {
       if (p.samples === 0) {
         p.chunksReservedFirst = chunksReserved;
         p.slotsReservedFirst = slotsReserved;
@@ -82,17 +86,19 @@ export async function startXsMeter(onLog: (line: string) => void, port = 0): Pro
       p.stackPeakBytes = Math.max(p.stackPeakBytes, stack);
       p.stackBytes = Math.max(p.stackBytes, stackSize);
       p.collections = Math.max(p.collections, gc);
-      if (lastGc >= 0 && gc > lastGc) {
+      if (m.lastGc >= 0 && gc > m.lastGc) {
         p.chunksAfterGc = Math.max(p.chunksAfterGc, chunks);
         p.slotsAfterGcBytes = Math.max(p.slotsAfterGcBytes, slots);
       }
     }
-    lastGc = gc;
+    m.lastGc = gc;
   };
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.setEncoding("utf8");
     let text = "";
+    const m: Machine = { name: "?", names: [], total: empty(), windowed: empty(), lastGc: -1, logBuffer: "" };
+    machines.push(m);
     socket.on("data", (chunk: string) => {
       text += chunk;
       for (;;) {
@@ -100,14 +106,18 @@ export async function startXsMeter(onLog: (line: string) => void, port = 0): Pro
         if (end < 0) break;
         const message = text.slice(0, end);
         text = text.slice(end + 8);
-        if (message.includes("<login ")) socket.write("\r\n<set-all-breakpoints></set-all-breakpoints>\r\n");
+        const login = /<login name="([^"]*)"/.exec(message);
+        if (login) {
+          m.name = decode(login[1]);
+          socket.write("\r\n<set-all-breakpoints></set-all-breakpoints>\r\n");
+        }
         const inst = /<instruments>([\s\S]*?)<\/instruments>/.exec(message);
-        if (inst) names = [...inst[1].matchAll(/<instrument name="([^"]*)"/g)].map((m) => decode(m[1]));
-        for (const m of message.matchAll(/<samples>([^<]*)<\/samples>/g)) record(m[1].split(",").map(Number));
-        for (const m of message.matchAll(/<log(?: [^>]*)?>([\s\S]*?)<\/log>/g)) {
-          logBuffer += decode(m[1]);
-          const lines = logBuffer.split("\n");
-          logBuffer = lines.pop() ?? "";
+        if (inst) m.names = [...inst[1].matchAll(/<instrument name="([^"]*)"/g)].map((x) => decode(x[1]));
+        for (const x of message.matchAll(/<samples>([^<]*)<\/samples>/g)) record(m, x[1].split(",").map(Number));
+        for (const x of message.matchAll(/<log(?: [^>]*)?>([\s\S]*?)<\/log>/g)) {
+          m.logBuffer += decode(x[1]);
+          const lines = m.logBuffer.split("\n");
+          m.logBuffer = lines.pop() ?? "";
           for (const line of lines) onLog(line);
         }
         // Anything that stops the machine (an exception it was not asked to break on, a debugger statement) goes on.
@@ -127,10 +137,13 @@ export async function startXsMeter(onLog: (line: string) => void, port = 0): Pro
   });
   return {
     port: (server.address() as net.AddressInfo).port,
-    peaks: () => ({ ...total }),
+    peaks: () => ({ ...(machines[0]?.total ?? empty()) }),
+    machines: () => machines.map((x) => ({ name: x.name, peaks: { ...x.total } })),
     mark: () => {
-      const w = windowed;
-      windowed = empty();
+      const m = machines[0];
+      if (!m) return empty();
+      const w = m.windowed;
+      m.windowed = empty();
       return w;
     },
     close: () =>

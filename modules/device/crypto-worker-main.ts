@@ -4,5 +4,9 @@
  * between jobs, and runCryptoJob wipes the secrets it was sent.
  */
 import { runCryptoJob } from "../core/heavy-crypto";
+// The worker's global `self` is declared inside the SDK's "worker" typings: mcconfig compiles this
+// module on its own, so it names them here (a type import, gone from the output).
+import type { Self } from "worker";
 
-self.onmessage = (job: unknown) => self.postMessage(runCryptoJob(job));
+const port: Self = self;
+port.onmessage = (job: unknown) => port.postMessage(runCryptoJob(job));

@@ -19,7 +19,16 @@ import { QueuedCrypto, type CryptoReply } from "../core/heavy-crypto";
 
 export const CRYPTO_WORKER_MODULE = "device/crypto-worker-main";
 
-export const CRYPTO_WORKER_CREATION: WorkerOptions = {
+/**
+ * modWorker.c's FreeRTOS options on ESP32 (documentation/base/worker.md): the SDK's own
+ * typings, which mcconfig compiles against, do not declare them.
+ */
+interface PinnedWorkerOptions extends WorkerOptions {
+  core?: 0 | 1;
+  priority?: number;
+}
+
+export const CRYPTO_WORKER_CREATION: PinnedWorkerOptions = {
   chunk: { initial: 112 * 1024, incremental: 8 * 1024 },
   heap: { initial: 2400, incremental: 256 },
   stack: 384,
