@@ -8,6 +8,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import mqtt from "mqtt";
+import nacl from "tweetnacl";
 import { Doorbell } from "../modules/core/doorbell";
 import { createHostClock } from "../modules/host/clock";
 import { hostRandom } from "../modules/host/random";
@@ -26,7 +27,8 @@ let pki: DevPki;
 let creds: IssuedCredentials;
 let standin: Standin;
 let cloud: CloudConsumer;
-const seed = new Uint8Array(32).fill(42);
+/** One device key per flash folder: a fresh folder is a new device (the consumer would take the same key with fresh counters as a flash rollback). */
+const seedFor = (storeDir: string) => nacl.hash(new TextEncoder().encode(storeDir)).slice(0, 32);
 
 test.before(async () => {
   pkiDir = fs.mkdtempSync(path.join(os.tmpdir(), "dw-e2e-pki-"));
@@ -46,7 +48,7 @@ function makeDoorbell(storeDir: string, button?: SimulatedButton) {
   const lines: string[] = [];
   const doorbell = new Doorbell({
     thing: THING,
-    signingSeed: seed,
+    signingSeed: seedFor(storeDir),
     clock: createHostClock(),
     random: hostRandom,
     store: new FileStore(storeDir),

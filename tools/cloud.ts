@@ -3,13 +3,14 @@
  * doorbell's messages. It connects to the broker with the service identity,
  * receives every thing's events, and verifies each one twice: with the
  * reference verifier (tweetnacl) and with OpenSSL through Node's crypto. It
- * de-duplicates at-least-once redeliveries by (thing, seq).
+ * de-duplicates at-least-once redeliveries by (thing, seq). With a state file
+ * its replay marks survive a restart, and a device whose counters went
+ * backwards (flash written back) is raised as an alert, never dropped quietly.
  */
 import mqtt, { type MqttClient } from "mqtt";
-import { EventVerifier, type Verdict } from "./verifier";
+import { EventVerifier, FileReplayState, type Verdict } from "./verifier";
 import { openEnvelope } from "../modules/core/events";
 import { opensslVerify } from "./openssl-ed25519";
-import { toHex } from "../modules/core/bytes";
 import { TOPIC_ROOT } from "../modules/core/topics";
 import { waitForMatch } from "./wait-for";
 import fs from "node:fs";
@@ -38,6 +39,8 @@ export interface ReceivedEvent {
   openssl: boolean | undefined;
   /** A redelivery of an event already accepted, byte for byte. */
   duplicate: boolean;
+  /** Why the owner must look at this device: its boot or sequence counter went backwards. */
+  alert: string | undefined;
   receivedAt: number;
 }
 
@@ -66,14 +69,28 @@ export function connectService(options: CloudOptions, filter: string, onMessage:
   });
 }
 
+export interface CloudConsumerOptions {
+  /** Keep the replay marks in this file (see tools/verifier), so a restart cannot be fed old events. */
+  stateFile?: string;
+  /** Told of every alert as it arrives (default: a line on stderr). */
+  onAlert?: (e: ReceivedEvent) => void;
+}
+
 export class CloudConsumer {
-  readonly verifier = new EventVerifier();
+  readonly verifier: EventVerifier;
   readonly received: ReceivedEvent[] = [];
+  /** Events that raised an alert, in arrival order. */
+  readonly alerts: ReceivedEvent[] = [];
   duplicates = 0;
+  #onAlert: (e: ReceivedEvent) => void;
   #client: MqttClient | undefined;
-  #accepted = new Map<string, string>();
   #keys = new Map<string, Uint8Array>();
   #listeners = new Set<(e: ReceivedEvent) => void>();
+
+  constructor(options: CloudConsumerOptions = {}) {
+    this.verifier = new EventVerifier({}, { state: options.stateFile ? new FileReplayState(options.stateFile) : undefined });
+    this.#onAlert = options.onAlert ?? ((e) => process.stderr.write(`cloud: ALERT ${e.verdict.event?.thing ?? "?"}: ${e.alert}\n`));
+  }
 
   register(thing: string, publicKey: Uint8Array): void {
     this.verifier.register(thing, publicKey);
@@ -86,7 +103,7 @@ export class CloudConsumer {
   }
 
   async connect(options: CloudOptions): Promise<void> {
-    this.#client = await connectService(options, `${TOPIC_ROOT}/+/events`, (topic, payload) => this.#handle(topic, payload));
+    this.#client = await connectService(options, `${TOPIC_ROOT}/+/events`, (topic, payload) => void this.accept(topic, payload));
   }
 
   /** Resolves with the first event matching the predicate (already received or future). */
@@ -98,7 +115,8 @@ export class CloudConsumer {
     return new Promise((resolve) => (this.#client ? this.#client.end(true, {}, () => resolve()) : resolve()));
   }
 
-  #handle(topic: string, payload: Uint8Array): void {
+  /** One message from the events subscription (also fed directly by tests and by replays of captured traffic). */
+  accept(topic: string, payload: Uint8Array): ReceivedEvent {
     const verdict = this.verifier.verify(payload, { topic });
     let openssl: boolean | undefined;
     try {
@@ -108,16 +126,18 @@ export class CloudConsumer {
     } catch {
       openssl = undefined;
     }
-    let duplicate = false;
-    const digest = toHex(payload);
-    if (verdict.ok) this.#accepted.set(`${verdict.event.thing}/${verdict.event.seq}`, digest);
-    else if (verdict.reason === "replay" && verdict.event && this.#accepted.get(`${verdict.event.thing}/${verdict.event.seq}`) === digest) {
-      duplicate = true;
-      this.duplicates++;
-    }
-    const e: ReceivedEvent = { topic, payload, verdict, openssl, duplicate, receivedAt: performance.now() };
+    // The verifier remembers what it accepted (across restarts too, with a state file).
+    const duplicate = !verdict.ok && verdict.redelivery === true;
+    if (duplicate) this.duplicates++;
+    const alert = verdict.ok ? verdict.alert : verdict.reason === "rollback" ? verdict.detail : undefined;
+    const e: ReceivedEvent = { topic, payload, verdict, openssl, duplicate, alert, receivedAt: performance.now() };
     this.received.push(e);
+    if (alert) {
+      this.alerts.push(e);
+      this.#onAlert(e);
+    }
     for (const l of [...this.#listeners]) l(e);
+    return e;
   }
 }
 

@@ -20,6 +20,34 @@ function checkKey(key: string): void {
   }
 }
 
+/**
+ * Replace `target` with `data` so that after a crash it holds the old bytes or
+ * the new ones, never a torn mix: temporary file, flushed, renamed over the
+ * target, folder flushed. Every host-side file that must survive a crash
+ * whole goes through here.
+ */
+export function writeFileAtomic(target: string, data: Uint8Array, mode = 0o600): void {
+  const temp = target + TEMP_SUFFIX;
+  const fd = fs.openSync(temp, "w", mode);
+  try {
+    fs.writeSync(fd, data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(temp, target);
+  syncDir(path.dirname(target));
+}
+
+function syncDir(dir: string): void {
+  const fd = fs.openSync(dir, "r");
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 export class FileStore implements KeyValueStore {
   readonly dir: string;
 
@@ -44,36 +72,17 @@ export class FileStore implements KeyValueStore {
     checkKey(key);
     if (!(value instanceof Uint8Array)) throw new TypeError("store: value must be a Uint8Array");
     if (value.length > KV_MAX_VALUE) throw new RangeError(`store: value for "${key}" is ${value.length} bytes, limit ${KV_MAX_VALUE}`);
-    const target = path.join(this.dir, key);
-    const temp = target + TEMP_SUFFIX;
-    const fd = fs.openSync(temp, "w", 0o600);
-    try {
-      fs.writeSync(fd, value);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(temp, target);
-    this.#syncDir();
+    writeFileAtomic(path.join(this.dir, key), value);
   }
 
   delete(key: string): void {
     checkKey(key);
     fs.rmSync(path.join(this.dir, key), { force: true });
-    this.#syncDir();
+    syncDir(this.dir);
   }
 
   keys(): string[] {
     return fs.readdirSync(this.dir).filter((n) => !n.endsWith(TEMP_SUFFIX)).sort();
-  }
-
-  #syncDir(): void {
-    const fd = fs.openSync(this.dir, "r");
-    try {
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
   }
 }
 
