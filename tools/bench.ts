@@ -20,6 +20,7 @@ import { measureXsRing, esp32Ms } from "./bench/xs-ring";
 import { measureCommandCosts } from "./bench/xs-commands";
 import { measureSnapshotCosts, FRAME, CHUNK_SIZES } from "./bench/xs-snapshot";
 import { startXsCore } from "./xs/core";
+import { measureTimelineCosts, runDay, TIMELINE_POLICY, type TimelineRun } from "./bench/device-timeline";
 import { runAsEntry, type Parsed } from "./lib/cli";
 
 const CLI = {
@@ -32,9 +33,10 @@ modelled onto an ESP32-S3, and loopback latencies against the local stand-in.
 Takes about 5 minutes; exits non-zero only if a measurement fails to run.
 
   --quick        fewer presses and rings, no callgrind (about a minute)
+  --timeline     only the device timeline (a scripted day, one core against the crypto worker)
   --out FILE     where the JSON results go (default bench-results.json)
   -h, --help     this text`,
-  options: { quick: { type: "boolean" }, out: { type: "string" } },
+  options: { quick: { type: "boolean" }, timeline: { type: "boolean" }, out: { type: "string" } },
 } as const;
 
 const fmtM = (n: number) => (n / 1e6).toFixed(2) + " M";
@@ -46,8 +48,6 @@ async function main(args: Parsed<typeof CLI.options>): Promise<number> {
   const quick = args.values.quick ?? false;
   const out = args.values.out ?? "bench-results.json";
   const started = Date.now();
-  const xs = await measureXsRing({ heapRings: quick ? 100 : 1000, callgrind: !quick });
-  const latency = await measureLatency(quick ? 200 : 1000);
   const commands = await measureCommandCosts();
   const snapXs = await startXsCore({ stdout: "ignore" });
   const snapshot = await measureSnapshotCosts(snapXs).finally(() => snapXs.close());
@@ -56,6 +56,17 @@ async function main(args: Parsed<typeof CLI.options>): Promise<number> {
   const cost = (name: string) => commands.costs.find(([n]) => n.startsWith(name))?.[1] ?? NaN;
   const snapshotJsPerKb: Record<number, number> = {};
   for (const c of CHUNK_SIZES) snapshotJsPerKb[c] = (snapshot.perFrame[c] - snapshot.standinsOnly[c]) / (FRAME / 1024);
+  const timelineCosts = await measureTimelineCosts(commands, snapshotJsPerKb[8192]);
+  const days: TimelineRun[] = [await runDay("one core", timelineCosts), await runDay("with worker", timelineCosts)];
+  if (args.values.timeline) {
+    timelineRows(days);
+    print();
+    fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), timeline: { policy: TIMELINE_POLICY, costs: timelineCosts, days } }, null, 2) + "\n");
+    console.log(`\nwrote ${out} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+    return 0;
+  }
+  const xs = await measureXsRing({ heapRings: quick ? 100 : 1000, callgrind: !quick });
+  const latency = await measureLatency(quick ? 200 : 1000);
 
   const i = xs.instructions;
   row("XS: one ring, press → signed bytes (online signature)", `${fmtM(xs.meter.ringOnline)} meter`, i ? `${fmtM(i.ringOnline)} instr` : "-", i ? `${fmtMs(esp32Ms(i.ringOnline))} (JS SHA-512)` : "-");
@@ -78,13 +89,31 @@ async function main(args: Parsed<typeof CLI.options>): Promise<number> {
   row(`Node: press → verified by the cloud (tweetnacl + OpenSSL)`, `p50 ${fmtMs(l.pressToVerified.p50)}`, `p99 ${fmtMs(l.pressToVerified.p99)}`, "");
   row(`Node: bare mqtt.js QoS 1 publish → PUBACK, ${l.payloadBytes} B`, `p50 ${fmtMs(l.barePublishToPuback.p50)}`, `p99 ${fmtMs(l.barePublishToPuback.p99)}`, "same broker, same run");
   row("Anchors", "plain tweetnacl sign ≈ 870 M instr (3.6 s model)", "native libsodium on ESP32 ≈ 24 ms", "");
+  timelineRows(days);
 
-  const widths = [0, 1, 2, 3].map((c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
-  for (const r of rows) console.log(r.map((cell, c) => (cell ?? "").padEnd(widths[c])).join("  │ "));
-  const results = { date: new Date().toISOString(), quick, seconds: (Date.now() - started) / 1000, xs, latency, commands: { costs: commands.costs, calibrationInstructionsPerUnit: perUnit }, snapshot: { ...snapshot, jsMeterPerKb: snapshotJsPerKb }, esp32Model: { hz: 240e6, note: "1 instruction per cycle: lower bound; realistic 1.3-3x" } };
+  print();
+  const results = { timeline: { policy: TIMELINE_POLICY, costs: timelineCosts, days }, date: new Date().toISOString(), quick, seconds: (Date.now() - started) / 1000, xs, latency, commands: { costs: commands.costs, calibrationInstructionsPerUnit: perUnit }, snapshot: { ...snapshot, jsMeterPerKb: snapshotJsPerKb }, esp32Model: { hz: 240e6, note: "1 instruction per cycle: lower bound; realistic 1.3-3x" } };
   fs.writeFileSync(out, JSON.stringify(results, null, 2) + "\n");
   console.log(`\nwrote ${out} in ${results.seconds.toFixed(0)} s`);
   return 0;
+}
+
+function print(): void {
+  const widths = [0, 1, 2, 3].map((c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
+  for (const r of rows) console.log(r.map((cell, c) => (cell ?? "").padEnd(widths[c])).join("  │ "));
+}
+
+/** The scripted day on the device model (tools/bench/device-timeline): one core against the crypto worker. */
+function timelineRows(days: TimelineRun[]): void {
+  const ms = (n: number) => (n >= 10_000 ? `${(n / 1000).toFixed(1)} s` : `${n.toFixed(1)} ms`);
+  row(`Device day (model; pool ${TIMELINE_POLICY.pool}, ring reserve ${TIMELINE_POLICY.reserve})`, "press → signed bytes: worst / p99 / p50", "no precomputed nonce / press lost", "revoke arrival → enforced: worst (n)");
+  for (const d of days) {
+    row(`  ${d.mode}, ${d.presses} presses`, `${ms(d.pressToSigned.worst)} / ${ms(d.pressToSigned.p99)} / ${ms(d.pressToSigned.p50)}`, `${d.slowPath} / ${d.lost}`, `${ms(d.revokeWorst)} (${d.revokes.length})`);
+  }
+  for (const pattern of Object.keys(days[0].byPattern)) {
+    row(`  worst: ${pattern}`, days.map((d) => `${d.mode}: ${d.byPattern[pattern] ? ms(d.byPattern[pattern].worst) : "-"}`).join(", "), days.map((d) => `${d.byPattern[pattern]?.slow ?? 0}/${d.byPattern[pattern]?.lost ?? 0}`).join(", "), "");
+  }
+  row("  main machine busy / update verifies paid / grants", days.map((d) => `${d.mode}: ${ms(d.mainBusyMs)}`).join(", "), days.map((d) => `${d.updateVerifies} verifies`).join(", "), days.map((d) => d.grantOutcomes.join("; ")).join(" | "));
 }
 
 runAsEntry(import.meta.url, CLI, main);
