@@ -137,6 +137,11 @@ test("owner web app in chromium: ring → image; invite → guest sees → revok
   const link = await o.inputValue("#invite-link");
   t.truthy(await o.$("#invite-qr svg"), "a QR code of the link is shown");
   await shot(o, "3-owner-invitation");
+  // The owner's own browser refuses the invitation rather than give up the owner keys.
+  await o.goto(link);
+  await o.locator("#message.error", { hasText: "holds the owner keys of doorward-sim-1" }).waitFor({ timeout: STEP_MS });
+  await o.locator("#who", { hasText: "owner (owner) of doorward-sim-1" }).waitFor({ timeout: STEP_MS });
+  await o.waitForSelector("body[data-ready=true]", { timeout: STEP_MS });
   await g.goto(link);
   await g.waitForSelector("body[data-ready=true]", { timeout: STEP_MS });
   await g.locator("#message", { hasText: "answered the invitation" }).waitFor({ timeout: STEP_MS });

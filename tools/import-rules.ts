@@ -131,6 +131,8 @@ export const OUTSIDE_WORLD_TOOLS: Readonly<Record<string, string>> = {
   "tools/snapshot-consumer.ts": "the owner's snapshot viewer: a cloud-side MQTT client",
   "tools/bench/latency.ts": "the bench's bare-MQTT baseline client, measured against the device path",
   "tools/simulator.ts": "runs the phone apps' MQTT client and a local HTTP button beside the simulated device; the device inside reaches the network only through modules/host/egress",
+  "tools/standin/wss.ts": "plays AWS IoT Core's MQTT-over-WebSocket endpoint for browsers, and serves the owner web app's page (127.0.0.1 only)",
+  "webapp/main.ts": "the owner web app in a browser: the owner's phone, an MQTT-over-WebSocket client of the broker",
 };
 
 /** Specifiers allowed in one file (or under a folder, if `under` ends in "/") although they match the lists above, with the reason. */
@@ -195,7 +197,7 @@ function sourceFiles(root: string, roots: string[]): string[] {
 
 /** Check a tree against the network rule. `root` is the repository (or a test tree shaped like it). */
 export function checkNetworkTree(root: string, options: NetworkRuleOptions = {}): Violation[] {
-  const roots = options.roots ?? ["modules", "tools"];
+  const roots = options.roots ?? ["modules", "tools", "webapp"];
   const chokepoints = options.chokepoints ?? NETWORK_CHOKEPOINTS;
   const outside = options.outsideWorld ?? OUTSIDE_WORLD_TOOLS;
   const linkLayer = options.linkLayer ?? LINK_LAYER_EXCEPTIONS;

@@ -381,6 +381,10 @@ async function acceptInvitation(ks: Keystore, text: string, existing: { profile:
     say(`This invitation cannot be used: ${why}. Ask the owner for a new link.`, "error");
     return undefined;
   }
+  if (existing?.profile.role === "owner") {
+    say(`This browser holds the owner keys of ${existing.profile.thing}; taking an invitation here would replace them. Open the link in another browser or profile.`, "error");
+    return undefined;
+  }
   let keys: AppKeys;
   let profile: Profile;
   let secrets: Secrets;
@@ -424,7 +428,7 @@ async function start(): Promise<void> {
     if (accepted) {
       loaded = accepted;
       answer = { payload: accepted.answer, topic: accepted.topic };
-    } else if (loaded) say(`${$("message").textContent} This browser keeps its earlier keys (${loaded.profile.user} of ${loaded.profile.thing}).`, "error");
+    } else if (loaded && loaded.profile.role !== "owner") say(`${$("message").textContent} This browser keeps its earlier keys (${loaded.profile.user} of ${loaded.profile.thing}).`, "error");
   }
   if (!loaded) {
     if (!$("message").textContent) say("This browser holds no keys for a doorbell yet. Open the setup link that `npm start` printed, or an invitation link from the owner.");
