@@ -171,10 +171,14 @@ export class FlakyBroker {
 
   constructor(readonly pki: DevPki, readonly cloudSide: Standin) {}
 
+  /** Crashes inside the window between routing a publish and acknowledging it. */
+  crashesInWindow = 0;
+  #crashNext: ((done: Promise<void>) => void) | undefined;
+
   async start(): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       try {
-        this.standin = await startStandin({ pki: this.pki, port: this.port });
+        this.standin = await startStandin({ pki: this.pki, port: this.port, route: (m) => this.#route(m) });
         break;
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== "EADDRINUSE" || attempt >= 50) throw e;
@@ -182,12 +186,36 @@ export class FlakyBroker {
       }
     }
     this.port = this.standin.port;
-    this.standin.on("message", (m: StandinMessage) => {
-      if (m.identity.role !== "thing" || !m.topic.endsWith("/events")) return;
-      const payload = new Uint8Array(m.payload);
-      // In order, one at a time, as a rules engine hands them on.
-      this.#chain = this.#chain.then(() => this.cloudSide.publish(m.topic, payload, { qos: 1 }).then(() => void this.relayed++)).catch(() => {});
+  }
+
+  /** The stand-in acknowledges a publish only once this settles: the relay has the message. */
+  #route(m: StandinMessage): Promise<void> {
+    if (m.identity.role !== "thing" || !m.topic.endsWith("/events")) return Promise.resolve();
+    const crash = this.#crashNext;
+    if (crash) {
+      // The broker dies with this message routed nowhere and unacknowledged.
+      this.#crashNext = undefined;
+      this.crashesInWindow++;
+      crash(this.restart(100));
+      return new Promise<void>(() => {});
+    }
+    const payload = new Uint8Array(m.payload);
+    // In order, one at a time, as a rules engine hands them on.
+    const relayed = this.#chain.then(() => this.cloudSide.publish(m.topic, payload, { qos: 1 })).then(() => void this.relayed++);
+    this.#chain = relayed.catch(() => {});
+    return relayed;
+  }
+
+  /** Kill the broker when it next routes an event, before it acknowledges it; resolves once it is back. */
+  crashOnNextRoute(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.#crashNext = (restarted) => void restarted.then(resolve, resolve);
     });
+  }
+
+  /** Forget a pending crashOnNextRoute (nothing was published in time). */
+  cancelCrash(): void {
+    this.#crashNext = undefined;
   }
 
   async stop(): Promise<void> {
@@ -225,6 +253,8 @@ export interface ChaosOptions {
   settleMs?: number;
   /** Pause between presses. */
   pressEveryMs?: [number, number];
+  /** Chance that a power cut also damages the flash (a bit flip or a truncated outbox entry, a damaged or missing counter or ledger, a stray key). Default 0. */
+  damage?: number;
   home?: string;
   thing?: string;
   log?: (line: string) => void;
@@ -256,8 +286,19 @@ export interface ChaosReport {
   opensslFailures: number;
   /** Accepted rings the device never printed as recorded: allowed only as the last ring of a boot that lost power. */
   unrecordedDelivered: Array<{ seq: number; boot: number; allowed: boolean }>;
-  /** Events that were not rings (e.g. drop reports: the outbox overflowed). */
+  /** Events that were not rings, drop reports or recovery reports. */
   otherEvents: string[];
+  /** Broker kills between routing a ring and acknowledging it. */
+  crashesInWindow: number;
+  /** Flash damage done at power cuts, by kind. */
+  damage: Record<string, number>;
+  /** Signed audit reports accepted: drop reports and sequence recoveries. */
+  dropReports: number;
+  recoveryReports: number;
+  /** Recorded rings never delivered that a signed drop report names (or counts, when their seq was unreadable). */
+  lostReported: number[];
+  /** Recorded rings never delivered and in no signed report. Must be 0. */
+  lostUnreported: number[];
   /** Cycles that found the device still offline after the wait. */
   stuck: number;
   ok: boolean;
@@ -290,6 +331,54 @@ export async function runChaos(o: ChaosOptions = {}): Promise<ChaosReport> {
     say(`device boot ${device.boot} (restored ${device.restored} from flash)`);
   };
   const counts = { pressesAsked: 0, powerCuts: 0, midPublishDrops: 0, stuck: 0 };
+  const damage: Record<string, number> = {};
+  const nvs = path.join(home, "things", thing, "nvs");
+  const damageFlash = () => {
+    const files = fs.readdirSync(nvs).filter((f) => !f.endsWith(".tmp"));
+    const entries = files.filter((f) => /^ob\.[otsarp][0-9a-z]+$/.test(f));
+    const kinds = ["flip-entry", "truncate-entry", "seq", "boot", "both-counters", "ledger", "stray", "stray-dir", "acl"];
+    let kind = rng.pick(kinds);
+    // An outbox entry to damage needs one in flash; otherwise pick something that is always there.
+    if ((kind === "flip-entry" || kind === "truncate-entry") && entries.length === 0) kind = rng.pick(["seq", "boot", "ledger", "stray"]);
+    const file = (name: string) => path.join(nvs, name);
+    const flip = (name: string) => {
+      if (!fs.existsSync(file(name))) return false;
+      const b = fs.readFileSync(file(name));
+      if (b.length === 0) return false;
+      b[rng.int(0, b.length - 1)] ^= 1 << rng.int(0, 7);
+      fs.writeFileSync(file(name), b);
+      return true;
+    };
+    let done = false;
+    if (kind === "flip-entry" || kind === "truncate-entry") {
+      if (entries.length) {
+        const victim = rng.pick(entries);
+        if (kind === "flip-entry") done = flip(victim);
+        else {
+          fs.truncateSync(file(victim), rng.int(0, 20));
+          done = true;
+        }
+      }
+    } else if (kind === "seq") done = rng.int(0, 1) ? flip("dw.seq.hw") : (fs.rmSync(file("dw.seq.hw"), { force: true }), true);
+    else if (kind === "boot") done = rng.int(0, 1) ? flip("dw.boot") : (fs.rmSync(file("dw.boot"), { force: true }), true);
+    else if (kind === "both-counters") {
+      fs.rmSync(file("dw.seq.hw"), { force: true });
+      fs.writeFileSync(file("dw.boot"), "12x");
+      done = true;
+    } else if (kind === "ledger") done = flip("ob-ledger");
+    else if (kind === "stray") {
+      fs.writeFileSync(file(rng.pick(["ob.1~", "ob.123456789abcdef", "ob.7"])), "stray");
+      done = true;
+    } else if (kind === "stray-dir") {
+      fs.mkdirSync(file("ob.3"), { recursive: true });
+      done = true;
+    } else if (kind === "acl") {
+      fs.writeFileSync(file("dw.acl.hw"), "{\"owner\":");
+      done = true;
+    }
+    if (done) damage[kind] = (damage[kind] ?? 0) + 1;
+    return done ? kind : "none";
+  };
 
   let pressing = true;
   let stopped = false;
@@ -321,7 +410,8 @@ export async function runChaos(o: ChaosOptions = {}): Promise<ChaosReport> {
     killedBoots.add(device.boot);
     await device.powerCut();
     counts.powerCuts++;
-    say(`power cut (variant ${variant}) at boot ${device.boot}`);
+    const damaged = rng.next() < (o.damage ?? 0) ? damageFlash() : "none";
+    say(`power cut (variant ${variant}) at boot ${device.boot}; flash damage: ${damaged}`);
     await sleep(rng.int(50, 400));
     await powerOn();
   };
@@ -338,6 +428,18 @@ export async function runChaos(o: ChaosOptions = {}): Promise<ChaosReport> {
   };
 
   const brokerRestart = async () => {
+    if (rng.int(0, 1) === 1 && device.online) {
+      // Killed inside the window between routing a ring and acknowledging it.
+      const back = edge.crashOnNextRoute();
+      device.send("ring");
+      counts.pressesAsked++;
+      const crashed = await Promise.race([back.then(() => true), sleep(3000).then(() => false)]);
+      if (crashed) {
+        say("broker killed between routing a ring and its PUBACK");
+        return;
+      }
+      edge.cancelCrash();
+    }
     const down = rng.int(100, 1500);
     await edge.restart(down);
     say(`broker restarted after ${down} ms down`);
@@ -364,9 +466,19 @@ export async function runChaos(o: ChaosOptions = {}): Promise<ChaosReport> {
     await presser;
     const recordedAll = () => devices.flatMap((d) => d.recorded);
     const accepted = () => new Set(cloud.received.filter((e) => e.verdict.ok).map((e) => (e.verdict.ok ? e.verdict.event.seq : 0)));
+    // Everything recorded is delivered, or (flash damage) named in a signed drop report.
+    const namedLost = () => {
+      const named = new Set<number>();
+      for (const e of cloud.received) {
+        if (!e.verdict.ok || e.verdict.event.type !== "audit" || e.verdict.event.report !== "outbox-overflow") continue;
+        for (const item of (e.verdict.event.lost as Array<[number, string]>) ?? []) named.add(item[0]);
+      }
+      return named;
+    };
     await until(() => {
       const got = accepted();
-      return recordedAll().every((r) => got.has(r.seq));
+      const named = namedLost();
+      return recordedAll().every((r) => got.has(r.seq) || named.has(r.seq));
     }, o.settleMs ?? 60_000, 50);
     await sleep(300); // a late redelivery would show here
     await edge.drain();
@@ -393,6 +505,31 @@ export async function runChaos(o: ChaosOptions = {}): Promise<ChaosReport> {
     let inOrder = true;
     for (let i = 1; i < acceptedSeqs.length; i++) if (acceptedSeqs[i] <= acceptedSeqs[i - 1]) inOrder = false;
     const rejected = cloud.received.filter((e) => !e.verdict.ok && !e.duplicate).map((e) => (e.verdict.ok ? "" : `${e.verdict.reason}: ${e.verdict.detail}`));
+    // Lost rings: a named seq in a drop report covers its ring; a ring dropped with an unreadable seq (0) covers one more, by count.
+    const reports = acceptedEvents.filter((e) => e.type === "audit" && e.report === "outbox-overflow");
+    const named = namedLost();
+    let unnamedRingDrops = 0;
+    const unnamedSeen = new Set<string>();
+    for (const r of reports) {
+      // Each report lists the last drops; the same unnamed drop appears in every later report until 16 more push it out.
+      const list = (r.lost as Array<[number, string]>) ?? [];
+      list.forEach(([seq, kind], i) => {
+        if (seq === 0 && kind === "ring") {
+          const id = `${r.boot}:${Number(r.total) - (list.length - 1 - i)}`;
+          if (!unnamedSeen.has(id)) unnamedSeen.add(id), unnamedRingDrops++;
+        }
+      });
+    }
+    const lostReported: number[] = [];
+    const lostUnreported: number[] = [];
+    for (const seq of lost) {
+      if (named.has(seq)) lostReported.push(seq);
+      else if (unnamedRingDrops > 0) {
+        unnamedRingDrops--;
+        lostReported.push(seq);
+      } else lostUnreported.push(seq);
+    }
+    const allowedOther = (e: (typeof acceptedEvents)[number]) => e.type === "audit" && (e.report === "outbox-overflow" || e.report === "sequence-recovered");
     if (!inOrder) rejected.push("accepted sequence numbers not increasing");
     const report: ChaosReport = {
       seed,
@@ -411,11 +548,19 @@ export async function runChaos(o: ChaosOptions = {}): Promise<ChaosReport> {
       rejected,
       opensslFailures: ok.filter((e) => e.openssl !== true).length,
       unrecordedDelivered,
-      otherEvents: acceptedEvents.filter((e) => e.type !== "ring").map((e) => `${e.type} seq=${e.seq} ${JSON.stringify(e)}`),
+      otherEvents: acceptedEvents.filter((e) => e.type !== "ring" && !allowedOther(e)).map((e) => `${e.type} seq=${e.seq} ${JSON.stringify(e)}`),
       stuck: counts.stuck,
+      crashesInWindow: edge.crashesInWindow,
+      damage,
+      dropReports: reports.length,
+      recoveryReports: acceptedEvents.filter((e) => e.type === "audit" && e.report === "sequence-recovered").length,
+      lostReported,
+      lostUnreported,
       ok: false,
     };
-    report.ok = report.lost.length === 0 && report.duplicatesDelivered === 0 && report.rejected.length === 0 && report.opensslFailures === 0
+    // Without flash damage nothing may be lost at all; with it, nothing may be lost without a signed report.
+    const lossOk = (o.damage ?? 0) > 0 ? report.lostUnreported.length === 0 : report.lost.length === 0;
+    report.ok = lossOk && report.duplicatesDelivered === 0 && report.rejected.length === 0 && report.opensslFailures === 0
       && report.unstored === 0 && report.unrecordedDelivered.every((u) => u.allowed) && report.otherEvents.length === 0 && report.presses > 0;
     return report;
   } finally {
@@ -610,7 +755,7 @@ export async function measureXsHeap(o: XsHeapOptions = {}): Promise<XsHeapReport
 
 const CLI = {
   name: "soak",
-  usage: `usage: npm run soak -- [--minutes M] [--seed N] [--skip-chaos] [--skip-xs] [--xs-rings N] [--xs-churn N]
+  usage: `usage: npm run soak -- [--minutes M] [--cycles N] [--damage P] [--seed N] [--skip-chaos] [--skip-xs] [--xs-rings N] [--xs-churn N]
 
 The long reliability soak: a chaos run (a simulated doorbell process under broker
 restarts, power cuts and mid-publish drops, every recorded ring checked at the cloud),
@@ -618,6 +763,9 @@ then the XS heap run (rings, outbox churn and reconnects on the real XS engine, 
 slots compared before and after). Exits 0 only if both pass.
 
   --minutes M    length of the chaos run (default 5)
+  --cycles N     stop after N fault cycles (each: a broker restart, a mid-publish drop, a power cut)
+  --damage P     chance (0-1) that a power cut also damages the flash (default 0): rings may then be
+                 lost, but none without a signed drop report
   --seed N       fault schedule seed (default from the clock; printed, so a run can be repeated)
   --skip-chaos   only the XS heap run
   --skip-xs      only the chaos run
@@ -625,7 +773,7 @@ slots compared before and after). Exits 0 only if both pass.
   --xs-churn N   outbox fill/drain cycles in the XS heap run (default 20000; reconnects = half)
   -h, --help     this text`,
   options: {
-    minutes: { type: "string" }, seed: { type: "string" }, "skip-chaos": { type: "boolean" }, "skip-xs": { type: "boolean" },
+    minutes: { type: "string" }, cycles: { type: "string" }, damage: { type: "string" }, seed: { type: "string" }, "skip-chaos": { type: "boolean" }, "skip-xs": { type: "boolean" },
     "xs-rings": { type: "string" }, "xs-churn": { type: "string" },
   },
 } as const;
@@ -637,10 +785,14 @@ async function main(args: Parsed<typeof CLI.options>): Promise<number> {
   const say = (line: string) => process.stdout.write(line + "\n");
   let ok = true;
   if (!v["skip-chaos"]) {
-    say(`chaos soak: ${minutes} min, seed ${seed}`);
-    const report = await runChaos({ seed, cycles: 1_000_000, maxMs: minutes * 60_000, settleMs: 120_000, log: (l) => say(`  ${l}`) });
+    const cycles = intOption("cycles", v.cycles, { min: 1, max: 1_000_000 }, 1_000_000);
+    const damage = numberOption("damage", v.damage, 0);
+    if (damage > 1) throw new UserError("--damage is a chance from 0 to 1");
+    say(`chaos soak: ${minutes} min, seed ${seed}${cycles < 1_000_000 ? `, ${cycles} cycles` : ""}, flash damage at ${damage * 100}% of power cuts`);
+    const report = await runChaos({ seed, cycles, maxMs: minutes * 60_000, settleMs: 120_000, damage, log: (l) => say(`  ${l}`) });
     say(JSON.stringify({ ...report, unrecordedDelivered: report.unrecordedDelivered.length }, null, 2));
-    say(`presses ${report.presses}, broker restarts ${report.brokerRestarts}, power cuts ${report.powerCuts}, mid-publish drops ${report.midPublishDrops}: lost ${report.lost.length}, duplicates delivered ${report.duplicatesDelivered} (redeliveries de-duplicated: ${report.redeliveries})`);
+    say(`presses ${report.presses}, broker restarts ${report.brokerRestarts} (${report.crashesInWindow} between routing and PUBACK), power cuts ${report.powerCuts} (flash damaged at ${Object.values(report.damage).reduce((a, b) => a + b, 0)}), mid-publish drops ${report.midPublishDrops}`);
+    say(`rings pressed ${report.presses}, delivered ${report.delivered}, lost ${report.lost.length}, reported ${report.lostReported.length}, lost without a signed report ${report.lostUnreported.length}; duplicates delivered ${report.duplicatesDelivered} (redeliveries de-duplicated: ${report.redeliveries}); drop reports ${report.dropReports}, sequence recoveries reported ${report.recoveryReports}`);
     ok &&= report.ok;
   }
   if (!v["skip-xs"]) {

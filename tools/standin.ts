@@ -142,6 +142,13 @@ export interface StandinOptions {
   subscribeDenial?: "disconnect" | "suback-failure";
   /** One line per accepted connection, refusal and message. Default: silent. */
   log?: (line: string) => void;
+  /**
+   * Where an accepted publish goes next (AWS: the rules engine). The client's PUBACK is sent
+   * only after this settles, and after the message reached the stand-in's own subscribers and
+   * "message" listeners: a broker that dies in between has acknowledged nothing, so the client
+   * sends again. A rejection closes the client's session without a PUBACK.
+   */
+  route?: (message: StandinMessage) => Promise<void>;
 }
 
 /** Options for mqtt.js's connect() that reach this stand-in with the given credentials. */
@@ -233,7 +240,7 @@ export class Standin extends EventEmitter {
   #lastConnect = new Map<string, number>();
   #revoked = new Set<string>();
   #closed = false;
-  #options: Required<Omit<StandinOptions, "pki" | "pkiDir" | "serverCredentials" | "log" | "port" | "ciphers">> & Pick<StandinOptions, "log">;
+  #options: Required<Omit<StandinOptions, "pki" | "pkiDir" | "serverCredentials" | "log" | "port" | "ciphers" | "route">> & Pick<StandinOptions, "log" | "route">;
 
   /** Use startStandin(). */
   constructor(pki: DevPki, broker: Aedes, options: StandinOptions) {
@@ -246,6 +253,7 @@ export class Standin extends EventEmitter {
       requireSni: options.requireSni ?? false,
       subscribeDenial: options.subscribeDenial ?? "disconnect",
       log: options.log,
+      route: options.route,
     };
     const server = options.serverCredentials ?? pki.server;
     this.#server = tls.createServer({
@@ -529,7 +537,35 @@ export class Standin extends EventEmitter {
         this.#refuse({ ...base, reason: verdict.reason, bytes, detail: `${session.identity.role} ${session.identity.name} may not publish here` });
         return done(refusalError(verdict.reason));
       }
-      done(null);
+      // Route first, acknowledge after: aedes itself writes a QoS 1 PUBACK before it delivers the
+      // message, so a crash in between would lose a message its sender saw acknowledged. The
+      // stand-in delivers it here; aedes's own delivery after the PUBACK is then skipped.
+      publishNow(packet as AedesPublishPacket, client, (err) => {
+        if (err) return done(err);
+        const message: StandinMessage = {
+          clientId: client.id, identity: session.identity, topic: packet.topic,
+          payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload), qos: packet.qos, retain: packet.retain,
+        };
+        Promise.resolve(opts.route ? opts.route(message) : undefined).then(
+          () => {
+            routed.add(packet);
+            done(null);
+          },
+          (e: unknown) => done(e instanceof Error ? e : new Error(String(e))),
+        );
+      });
+    };
+    // aedes's publish(packet, client, done) also takes the sending client (its typings list only the two-argument form).
+    type PublishWithClient = (packet: AedesPublishPacket, client: Client | null, done: (err?: Error) => void) => void;
+    const routed = new WeakSet<object>();
+    const publishNow = broker.publish.bind(broker) as unknown as PublishWithClient;
+    (broker as unknown as { publish: unknown }).publish = (packet: AedesPublishPacket, client: Client | null | ((err?: Error) => void), done?: (err?: Error) => void) => {
+      const callback = typeof client === "function" ? client : done;
+      if (routed.has(packet)) {
+        routed.delete(packet);
+        return callback?.();
+      }
+      return publishNow(packet, typeof client === "function" ? null : client, callback ?? (() => {}));
     };
 
     broker.authorizeSubscribe = (client, sub: Subscription, done) => {
