@@ -634,6 +634,21 @@ test("a stream rejection whose code holds a lone surrogate still gets its FAILED
   t.is(last?.doc.status, "FAILED", `last report: ${JSON.stringify(last?.doc)}; log: ${w.logs.slice(-1).join("")}`);
 });
 
+test("a stream block whose length field cannot be turned into text ends the download at once, not at the timeout", (t) => {
+  const w = agentWorld();
+  const image = new Uint8Array(3000).fill(1);
+  w.agent.onMessage(`${jobs}/notify-next`, enc(JSON.stringify({ timestamp: 1, execution: execution("fw-8", firmwareJobDocument(signImage(image, { key: A, version: 4, board: BOARD }), { id: "img" })) })));
+  w.clock.advance(10);
+  t.is(w.sink.opened, 1);
+  const request = w.published.filter((p) => p.topic === `${streams}/img/get/json`).pop();
+  t.truthy(request, "the agent asked for blocks");
+  // {"toString":1}: String() of it throws (its toString is not callable and valueOf gives an object).
+  w.agent.onMessage(`${streams}/img/data/json`, enc(JSON.stringify({ c: request!.doc.c, f: 0, i: 0, l: { toString: 1 }, p: "AAAA" })));
+  const last = w.published.filter((p) => p.topic === `${jobs}/fw-8/update`).pop();
+  t.is(last?.doc.status, "FAILED", `last report: ${JSON.stringify(last?.doc)}; log: ${w.logs.slice(-2).join(" | ")}`);
+  t.is(w.sink.cancelled, 1, "the partial image is cancelled");
+});
+
 test.after.always("no exception reached the event loop", () => {
   if (escaped.length) throw new Error(`escaped to the event loop:\n${escaped.slice(0, 5).join("\n")}`);
 });

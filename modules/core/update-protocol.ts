@@ -226,6 +226,20 @@ export function fromBase64(text: string): Uint8Array {
   return out;
 }
 
+/**
+ * A peer's value as text for a log line or a refusal detail. String() itself can throw on a
+ * parsed object ({"toString":1}), which would stop the handler before it refused anything.
+ */
+export function peerText(value: unknown): string {
+  if (typeof value === "string") return value;
+  if (value === null || typeof value !== "object") return String(value);
+  try {
+    return JSON.stringify(value).slice(0, 64);
+  } catch {
+    return "(unprintable)";
+  }
+}
+
 /** statusDetails values must be 1-1024 printable characters (AWS). */
 export function detailText(text: string): string {
   // A detail may quote a peer's string: controls and lone surrogates must not stop the report being encoded.

@@ -8,7 +8,7 @@
  */
 import { canonicalBytes, type Json } from "./canonical";
 import { activate } from "./update-activation";
-import { fromBase64, type Active, type UpdateContext } from "./update-protocol";
+import { fromBase64, peerText, type Active, type UpdateContext } from "./update-protocol";
 
 export class StreamDownload {
   #c: UpdateContext;
@@ -88,7 +88,7 @@ export class StreamDownload {
     } catch {
       return this.#c.fail(a.job, "stream-error", `block ${i} is not base64`);
     }
-    if (doc.l !== undefined && doc.l !== bytes.length) return this.#c.fail(a.job, "stream-error", `block ${i} says ${String(doc.l)} bytes, carries ${bytes.length}`);
+    if (doc.l !== undefined && doc.l !== bytes.length) return this.#c.fail(a.job, "stream-error", `block ${i} says ${peerText(doc.l)} bytes, carries ${bytes.length}`);
     a.pending.set(i, bytes);
     while (this.#c.active() === a && a.pending.has(a.next)) {
       const block = a.pending.get(a.next)!;

@@ -52,6 +52,7 @@ import {
   STREAM_ID,
   UPDATE_KV,
   updateTopics,
+  peerText,
   type Active,
   type Answer,
   type DoneEntry,
@@ -244,7 +245,7 @@ export class UpdateAgent {
         else if (rest === "$next/get/accepted") this.#onNextAnswer(doc);
         else if (rest === "$next/get/rejected") {
           this.#getSentAt = undefined;
-          this.#o.log("warn", "update: $next/get rejected", { code: String(doc.code ?? "") });
+          this.#o.log("warn", "update: $next/get rejected", { code: peerText(doc.code ?? "") });
         } else if (levels.length === 7 && levels[5] === "update") this.#onUpdateAnswer(levels[4], levels[6] === "accepted", doc);
       } else if (feature === "streams" && levels.length === 7 && levels[6] === "json") {
         if (levels[5] === "data") this.#download.onBlock(levels[4], doc);
