@@ -244,7 +244,7 @@ test("tools/mc.ts: each missing piece is named, and with everything present the 
   t.deepEqual(ran(["build", "xiao", "--broker", broker]), ["-i", "-m", "-p", "esp32/xiao_esp32s3_sense", "-t", "build", `broker=${broker}`]);
   t.deepEqual(ran(["flash", "m5atom", "--broker", broker, "--broker-port", "443"]), ["-i", "-m", "-p", "esp32/m5atom_s3r_m12", `broker=${broker}`, "brokerPort=443"]);
   t.deepEqual(ran(["debug", "lilygo", "--broker", broker]), ["-d", "-m", "-p", "esp32/lilygo_t_camera_plus_s3", "console=xsbug", `broker=${broker}`]);
-  t.deepEqual(ran(["flash", "esp32cam", "--broker", broker, "--dev-vault-key"]), ["-i", "-m", "-p", "esp32:./hardware/targets/esp32cam", `broker=${broker}`, "devVaultKey=1"]);
+  t.deepEqual(ran(["flash", "esp32cam", "--broker", broker, "--development", "--dev-vault-key"]), ["-i", "-m", "-p", "esp32:./hardware/targets/esp32cam", `broker=${broker}`, "development=1", "devVaultKey=1"]);
   // The simulator builds with -t build (the SDK's default lin target pkills every mcsim and starts xsbug), then needs mcsim.
   t.deepEqual(mcconfigArgs("sim", BOARDS.find((b) => b.name === "lin")!, { env, extra: ["-x"] }), ["-d", "-m", "-p", "lin", "-t", "build", "-o", path.join(REPO, "build", "sim"), "provisionFile=/home/maker/dw/lin/bundle.json", "-x"]);
   fs.rmSync(sdk.record, { force: true });
@@ -258,6 +258,14 @@ test("tools/mc.ts: each missing piece is named, and with everything present the 
   t.is(displayProblem({ PATH: emptyBin }), undefined, "Xvfb is enough without a display");
   t.is(displayProblem({ PATH: "", DISPLAY: ":0" }), undefined);
   t.is(mc(["flash", "xiao", "--broker", broker, "--dev-vault-key"], env).status, 2, "--dev-vault-key is for the ESP32-CAM only");
+  // A production build (build or flash without --development) of the ESP32-CAM never keeps its vault key in plain flash.
+  for (const command of ["build", "flash"]) {
+    fs.rmSync(sdk.record, { force: true });
+    const refused = mc([command, "esp32cam", "--broker", broker, "--dev-vault-key"], env);
+    t.is(refused.status, 2, command);
+    t.regex(refused.stderr, /production build of the ESP32-CAM cannot keep its vault key in plain flash/);
+    t.false(fs.existsSync(sdk.record), "nothing is built");
+  }
   t.is(mc(["build", "esp8266", "--broker", broker], env).status, 2);
 });
 

@@ -3,7 +3,7 @@
  * npm scripts call (`npm run build:xiao`, `flash:xiao`, `sim:lin`, `provision`...).
  *
  *   npx tsx tools/mc.ts check [board]
- *   npx tsx tools/mc.ts build|flash|debug <board> --broker <prefix>-ats.iot.<region>.amazonaws.com [--broker-port 8883|443] [--dev-vault-key]
+ *   npx tsx tools/mc.ts build|flash|debug <board> --broker <prefix>-ats.iot.<region>.amazonaws.com [--broker-port 8883|443] [--development [--dev-vault-key]]
  *   npx tsx tools/mc.ts sim [--thing NAME] [--rings N] [--no-build]
  *   npx tsx tools/mc.ts compile <board>
  *   npx tsx tools/mc.ts provision --port /dev/ttyACM0 --bundle FILE [--keep]
@@ -158,7 +158,7 @@ interface Parsed {
 
 const OPTIONS = {
   broker: { type: "string" }, "broker-port": { type: "string" }, port: { type: "string" }, bundle: { type: "string" },
-  "dev-vault-key": { type: "boolean" }, keep: { type: "boolean" },
+  "dev-vault-key": { type: "boolean" }, development: { type: "boolean" }, keep: { type: "boolean" },
   thing: { type: "string" }, rings: { type: "string" }, "press-every": { type: "string" }, budget: { type: "string" },
   "no-build": { type: "boolean" }, measure: { type: "boolean" },
 } as const;
@@ -178,7 +178,7 @@ function parseArgs(argv: string[]): Parsed {
 }
 
 /** The mcconfig arguments for a command (exported for the tests and for --help). */
-export function mcconfigArgs(command: "build" | "flash" | "debug" | "sim", board: BoardTarget, options: { broker?: string; brokerPort?: string; devVaultKey?: boolean; extra?: string[]; env?: NodeJS.ProcessEnv }): string[] {
+export function mcconfigArgs(command: "build" | "flash" | "debug" | "sim", board: BoardTarget, options: { broker?: string; brokerPort?: string; devVaultKey?: boolean; development?: boolean; extra?: string[]; env?: NodeJS.ProcessEnv }): string[] {
   const args: string[] = [];
   if (command === "sim") {
     // -t build: the SDK's default lin target would pkill every mcsim and serial2xsbug on the machine and launch xsbug.
@@ -190,6 +190,7 @@ export function mcconfigArgs(command: "build" | "flash" | "debug" | "sim", board
   if (command === "debug") args.push("console=xsbug");
   if (options.broker) args.push(`broker=${options.broker}`);
   if (options.brokerPort) args.push(`brokerPort=${options.brokerPort}`);
+  if (options.development && command !== "debug") args.push("development=1");
   if (options.devVaultKey) args.push("devVaultKey=1");
   return [...args, ...(options.extra ?? [])];
 }
@@ -220,7 +221,7 @@ const USAGE = `usage: npx tsx tools/mc.ts <command> [board] [options] [-- more m
 boards: ${BOARDS.filter((b) => b.esp32).map((b) => b.name).join(", ")} (and lin, the simulator)
 
   check [board]            what is installed, what is missing
-  build <board> --broker <prefix>-ats.iot.<region>.amazonaws.com [--broker-port 8883|443] [--dev-vault-key]
+  build <board> --broker <prefix>-ats.iot.<region>.amazonaws.com [--broker-port 8883|443] [--development [--dev-vault-key]]
                            mcconfig -i -m -p <board> -t build   (needs MODDABLE, mcconfig, IDF_PATH)
   flash <board> --broker ...   build and flash the board connected over USB (UPLOAD_PORT=<tty> to choose it)
   debug <board> --broker ...   a -d build for xsbug (cannot be provisioned over the console)
@@ -238,7 +239,9 @@ boards: ${BOARDS.filter((b) => b.esp32).map((b) => b.name).join(", ")} (and lin,
                            hand a bundle to the simulator (<DOORWARD_HOME or .doorward>/lin/bundle.json)
   typecheck [board|lin]    type-check every platform (or one) exactly as mcconfig's tsc will
 
---dev-vault-key: esp32cam only, development only: keep the vault key in plain flash (no flash encryption).
+--development: a development build (development=1): it says so at every boot and must never hold production secrets.
+--dev-vault-key: esp32cam only, with --development (or debug) only: keep the vault key in plain flash (no flash
+                 encryption); a production build with it is refused.
 SDK ${MODDABLE_VERSION}, ESP-IDF ${ESP_IDF_VERSION}.`;
 
 export async function main(argv: string[], io: CliIo): Promise<number> {
@@ -262,8 +265,12 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         if (!board.esp32) throw new UsageError(`${p.command} is for a board; the simulator is "sim"`);
         const { broker, brokerPort } = brokerFor(p, io.env);
         if (p.flags.has("--dev-vault-key") && board.name !== "esp32cam") throw new UsageError("--dev-vault-key applies to esp32cam only (the S3 boards keep the vault key in eFuses)");
+        const development = p.flags.has("--development") || p.command === "debug";
+        if (p.flags.has("--dev-vault-key") && !development) {
+          throw new UsageError("a production build of the ESP32-CAM cannot keep its vault key in plain flash: turn on flash and NVS encryption (hardware/README.md), or add --development for a development build that is never given production secrets");
+        }
         requireSdk(io.env, board);
-        const args = mcconfigArgs(p.command, board, { broker, brokerPort, devVaultKey: p.flags.has("--dev-vault-key"), extra: p.extra });
+        const args = mcconfigArgs(p.command, board, { broker, brokerPort, devVaultKey: p.flags.has("--dev-vault-key"), development: p.flags.has("--development"), extra: p.extra });
         io.out(`mcconfig ${args.join(" ")}`);
         return await io.run("mcconfig", args, toolEnv(io.env));
       }

@@ -21,6 +21,7 @@ import { deviceBoxSecretFromSeed } from "./access";
 import { Doorbell, type OutboxSettings, type RingRecord } from "./doorbell";
 import type { EgressGuard } from "./egress";
 import type { HeavyCrypto } from "./heavy-crypto";
+import { ChipLockError, judgeChipLock, type BuildKind, type ChipState, type LockVerdict } from "./chip-lock";
 
 export interface FirmwarePorts {
   clock: Clock;
@@ -40,6 +41,19 @@ export interface FirmwarePorts {
   egress?: EgressGuard;
   button?: Button;
   sha512?: Sha512;
+  /**
+   * The chip's locks (./chip-lock), judged before the vault is opened: a
+   * release build on an unlocked chip stops there (throws ChipLockError), so
+   * no production secret is read or accepted; a development build logs what
+   * is missing and goes on.
+   */
+  chipLock?: { build: BuildKind; read: () => ChipState };
+  /**
+   * False while no true entropy source feeds `random` (a device before its
+   * radio is up): nonce precomputation waits, and a signature needed
+   * meanwhile is the deterministic one.
+   */
+  entropyReady?: () => boolean;
   /**
    * Where the seconds-long curve work runs (./heavy-crypto): nonce points, grant
    * and update verifies, box.before. A worker on a second core keeps presses and
@@ -114,8 +128,25 @@ export function updateRecordTag(keys: KeyProvider, sha512: Sha512 = (d) => nacl.
 }
 export const UPDATE_RECORD_DOMAIN = "doorward/update-records/v1";
 
+/** Judge the chip's locks and say so; throws ChipLockError when production secrets are refused. */
+export function checkChipLock(chipLock: NonNullable<FirmwarePorts["chipLock"]>, log: Log): LockVerdict {
+  let state: ChipState | Error;
+  try {
+    state = chipLock.read();
+  } catch (e) {
+    state = e instanceof Error ? e : new Error(String(e));
+  }
+  const verdict = judgeChipLock(chipLock.build, state);
+  const level = verdict.locked ? "info" : verdict.productionSecrets ? "warn" : "error";
+  log(level, verdict.summary, state instanceof Error ? {} : { chip: state.chip });
+  for (const p of verdict.problems) log(level, `chip lock: ${p.reason}`, { lock: p.lock });
+  if (!verdict.productionSecrets) throw new ChipLockError(verdict.summary);
+  return verdict;
+}
+
 export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFirmware {
   const { log } = ports;
+  if (ports.chipLock) checkChipLock(ports.chipLock, log);
   const vault = Vault.open({ store: ports.vaultStore, keys: ports.keys, random: ports.random, log, sha512: ports.sha512 });
   // Before anything reads the store: an interrupted factory reset is finished here.
   const provisioning = new Provisioning({ vault, random: ports.random, log, store: ports.store });
@@ -203,7 +234,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
       ports.onRing?.(ring);
       void snapshots?.onRing(ring);
     },
-    mayPrecompute: () => !snapshots?.busy,
+    mayPrecompute: () => (ports.entropyReady?.() ?? true) && !snapshots?.busy,
     subscriptions: updates ? updateSubscriptions(identity.thing) : [],
     onOnline: () => updates?.linkOnline(),
     onMessage: (topic, payload) => {

@@ -11,10 +11,21 @@
  */
 import type { Aead, BootControl, Camera, Log, Random, Sha256Factory, UpdateSink } from "../core/ports";
 import type { KeyProvider } from "../core/vault";
+import type { ChipState } from "../core/chip-lock";
 import type { BundleFiles } from "./provision-file";
 import type { ConsolePort } from "./provision-serial";
 import type { DeviceSettings } from "./settings";
 import type { NetworkLink } from "./wifi";
+
+/** The device's Random ("device/random"), which knows whether a true entropy source feeds it. */
+export interface DeviceRandom extends Random {
+  /** A true entropy source feeds it now: the boot-time noise source, or the running radio. */
+  entropyReady(): boolean;
+  /** Hand the boot-time noise source (the SAR ADC) back: call before Wi-Fi or a peripheral that shares it starts. */
+  releaseBootSource(): void;
+  /** The radio is running: its noise feeds the hardware RNG from now on. */
+  radioRunning(): void;
+}
 
 export interface BoardUpdate {
   sink: UpdateSink;
@@ -39,11 +50,13 @@ export interface Board {
   cipher?: Aead;
   sha256?: Sha256Factory;
   update?: BoardUpdate;
+  /** The chip's locks as its eFuses say ("device/chip-lock"); throws when they cannot be read. */
+  chip: () => ChipState;
 }
 
 export interface OpenBoardOptions {
   settings: DeviceSettings;
   log: Log;
-  random: Random;
+  random: DeviceRandom;
   schedule: (callback: () => void, delayMs: number) => () => void;
 }

@@ -14,6 +14,7 @@ import FFI from "mc/ffi";
 import type { Board, OpenBoardOptions } from "./board-api";
 import type { BundleFiles } from "./provision-file";
 import { createVaultKeyProvider } from "device/vault-key";
+import { readChipState } from "device/chip-lock";
 import { HostNetwork } from "./wifi";
 
 /** The glue mcconfig generates for hardware/lin.json's "ffi" entry. */
@@ -69,6 +70,7 @@ export function openBoard(options: OpenBoardOptions): Board {
     keys,
     keyKind: kind,
     network: () => new HostNetwork(schedule),
+    chip: readChipState,
     chime: (on) => {
       if (on) log("info", "chime: ding");
     },

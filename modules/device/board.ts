@@ -22,14 +22,16 @@
 import Digital from "embedded:io/digital";
 import WiFi from "embedded:network/interface/wifi";
 import FFI from "mc/ffi";
-import type { Board, BoardUpdate, OpenBoardOptions } from "./board-api";
+import type { Camera } from "../core/ports";
+import type { Board, BoardUpdate, DeviceRandom, OpenBoardOptions } from "./board-api";
 import { DeviceCamera } from "./camera";
 import { createAesGcm, createSha256 } from "./cipher";
 import type { ConsolePort } from "./provision-serial";
 import type { OutputSettings } from "./settings";
 import { createBootControl, DeviceUpdateSink } from "./update-sink";
 import { createVaultKeyProvider } from "device/vault-key";
-import { WifiLink, type Wifi419Constructor } from "./wifi";
+import { readChipState } from "device/chip-lock";
+import { WifiLink, type NetworkLink, type Wifi419Constructor } from "./wifi";
 
 /** The glue mcconfig generates for hardware/esp32.json's "ffi" entry. */
 interface EspConsole {
@@ -71,6 +73,37 @@ function updatePorts(log: OpenBoardOptions["log"]): BoardUpdate | undefined {
   }
 }
 
+/**
+ * The boot-time entropy source (./random) shares the SAR ADC with the radio
+ * and, on the classic ESP32, I2S0 with the camera: it is handed back before
+ * either starts, and the radio's noise takes over once Wi-Fi is up.
+ */
+function entropyAware(link: NetworkLink, random: DeviceRandom): NetworkLink {
+  return {
+    get state() {
+      return link.state;
+    },
+    start(onChange) {
+      random.releaseBootSource();
+      link.start((state) => {
+        if (state === "up") random.radioRunning();
+        onChange(state);
+      });
+    },
+    stop: () => link.stop(),
+  };
+}
+
+function entropyAwareCamera(camera: Camera, random: DeviceRandom): Camera {
+  return {
+    capture() {
+      random.releaseBootSource();
+      return camera.capture();
+    },
+    release: camera.release ? () => camera.release!() : undefined,
+  };
+}
+
 export function openBoard(options: OpenBoardOptions): Board {
   const { settings, log, random, schedule } = options;
   const { keys, kind } = createVaultKeyProvider({ random, log, allowPlainKey: settings.devVaultKey });
@@ -78,21 +111,22 @@ export function openBoard(options: OpenBoardOptions): Board {
     keys,
     keyKind: kind,
     network: (credentials) =>
-      new WifiLink({
+      entropyAware(new WifiLink({
         io: WiFi as unknown as Wifi419Constructor,
         ssid: credentials.ssid,
         password: credentials.password,
         schedule,
         random,
         log,
-      }),
+      }), random),
+    chip: readChipState,
   };
   if (settings.provisioning.channel === "serial") board.console = serialConsole();
   if (settings.led) board.led = output(settings.led);
   if (settings.chime) board.chime = output(settings.chime);
   if (settings.camera) {
     try {
-      board.camera = new DeviceCamera();
+      board.camera = entropyAwareCamera(new DeviceCamera(), random);
       board.cipher = createAesGcm();
       board.sha256 = createSha256;
     } catch (e) {

@@ -5,10 +5,14 @@
  *
  * Order at power-up:
  *  1. settings from mc/config (the allowlist, trust anchors, the board's
- *     wiring); a bad config lights the error pattern and stops here;
+ *     wiring); a bad config lights the error pattern and stops here; then the
+ *     RNG ("device/random"), which turns its boot-time entropy source on
+ *     before any key or nonce can be made;
  *  2. the board ("device/board": ./board on ESP32, ./board-sim on lin): vault
  *     key, LED, chime, camera, OTA slots, provisioning channel;
- *  3. bootFirmware: the vault over its own NVS namespaces, provisioning,
+ *  3. bootFirmware: first the chip's locks ("device/chip-lock": a release
+ *     build on an unlocked chip stops here, error pattern, every missing lock
+ *     on the console), then the vault over its own NVS namespaces, provisioning,
  *     access control, the doorbell, snapshots and updates;
  *  4. unprovisioned or damaged: the provisioning pattern, and the local
  *     channel listens for a bundle (./provision-serial, ./provision-file);
@@ -24,7 +28,7 @@
  * through ./egress, which checks the build's allowlist first.
  *
  * The modules that differ per platform (device/board, device/button,
- * device/random) are imported by their manifest specifier, never by a relative
+ * device/random, device/chip-lock) are imported by their manifest specifier, never by a relative
  * path: mcconfig's tsc follows a relative path to one file on disk, whatever
  * the platform, while the specifier goes through the platform's own mapping,
  * for tsc and XS alike.
@@ -142,6 +146,9 @@ function boot(d: Device): void {
       outbox: settings.outboxBytes === undefined ? undefined : { flashBytes: settings.outboxBytes },
       keys: board.keys,
       log,
+      // Before the vault opens: a release build on a chip without its locks goes no further (error LED, reasons on the console).
+      chipLock: { build: { release: settings.release, secureVersion: settings.secureVersion }, read: board.chip },
+      entropyReady: () => d.random.entropyReady(),
       sha512: d.sha512,
       crypto: d.crypto,
       egress: d.egress.guard,

@@ -8,7 +8,7 @@
  * any short or failed read throws instead of returning weak bytes.
  */
 import FFI from "mc/ffi";
-import type { Random } from "../core/ports";
+import type { DeviceRandom } from "./board-api";
 
 const CHUNK = 256;
 
@@ -17,7 +17,8 @@ interface Getrandom {
   getrandom(buffer: ArrayBuffer, length: bigint, flags: number): bigint;
 }
 
-export function createRandom(): Random {
+/** The kernel's pool is always seeded by the time the simulator runs: entropy is always ready. */
+export function createRandom(): DeviceRandom {
   const natives = new FFI() as unknown as Getrandom;
   return {
     fill(target: Uint8Array): void {
@@ -31,5 +32,8 @@ export function createRandom(): Random {
         bytes.fill(0);
       }
     },
+    entropyReady: () => true,
+    releaseBootSource: () => {},
+    radioRunning: () => {},
   };
 }

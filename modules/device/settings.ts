@@ -103,9 +103,15 @@ export interface DeviceSettings {
   camera: boolean;
   /** Development builds of a board without key hardware: keep the vault key in plain flash (`devVaultKey=1`). */
   devVaultKey: boolean;
+  /** A development build: `development=1` from tools/mc.ts --development, or a -d build (`console=xsbug`). */
+  development: boolean;
   update?: UpdateSettings;
   /** The outbox's flash budget in bytes, sized to the board's NVS partition; absent: the core's default. */
   outboxBytes?: number;
+  /** A release build (manifest_release.json sets config.doorward.release): production secrets only on a locked chip. */
+  release: boolean;
+  /** The image's anti-rollback version (config.doorward.secureVersion, equal to CONFIG_BOOTLOADER_APP_SECURE_VERSION). */
+  secureVersion?: number;
 }
 
 /** AWS IoT's limit on the MQTT keep-alive. */
@@ -226,6 +232,14 @@ export function parseSettings(config: Record<string, unknown>): DeviceSettings {
     buttonSettings.simulatedPressEveryMs = integer(pressEvery, "doorward.button.simulatedPressEveryMs", 0, 86_400_000);
   }
 
+  const flag = (v: unknown) => v === "1" || v === 1 || v === true;
+  const devVaultKey = flag(config.devVaultKey);
+  const development = flag(config.development) || config.console === "xsbug";
+  // A plain-flash vault key is a development convenience: a production or release build carrying it stops here.
+  if (devVaultKey && (!development || dw.release === true)) {
+    throw new SettingsError("config: devVaultKey=1 is for development builds only (development=1, tools/mc.ts --development); a production build keeps its vault key in eFuses or under flash encryption");
+  }
+
   const led = output(dw.led, "doorward.led");
   const chimeSettings = chime(dw.chime);
   const pins = [buttonSettings.pin, led?.pin, chimeSettings?.pin].filter((p) => p !== undefined);
@@ -250,9 +264,12 @@ export function parseSettings(config: Record<string, unknown>): DeviceSettings {
     ...(led ? { led } : {}),
     ...(chimeSettings ? { chime: chimeSettings } : {}),
     camera: bool(dw.camera, "doorward.camera", false),
-    devVaultKey: config.devVaultKey === "1" || config.devVaultKey === 1 || config.devVaultKey === true,
+    devVaultKey,
+    development,
     ...(config.update === undefined ? {} : { update: update(config.update, board) }),
     ...(dw.outboxBytes === undefined ? {} : { outboxBytes: integer(dw.outboxBytes, "doorward.outboxBytes", 16 * 1024, 1024 * 1024) }),
+    release: bool(dw.release, "doorward.release", false),
+    ...(dw.secureVersion === undefined ? {} : { secureVersion: integer(dw.secureVersion, "doorward.secureVersion", 0, 32) }),
   };
 }
 
