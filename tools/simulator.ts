@@ -17,6 +17,7 @@ import readline from "node:readline";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
 import nacl from "tweetnacl";
+import { startHostCryptoWorker } from "../modules/host/crypto-worker";
 import { bootFirmware, type RunningFirmware } from "../modules/core/firmware";
 import { deviceBoxSecretFromSeed } from "../modules/core/access";
 import type { DeviceIdentity } from "../modules/core/provisioning";
@@ -124,6 +125,8 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   const log = createHostLog((line) => { if (!o.quiet) say(`  device ${line}`); });
   let firmware!: RunningFirmware;
   let version = 0;
+  // The device's second core: nonce points, grant and update verifies run on a worker thread, as on a board.
+  const cryptoWorker = startHostCryptoWorker();
   /** Power on: the simulated bootloader picks an image, then the firmware boots on it. An update restarts through here. */
   const powerOn = (): RunningFirmware | undefined => {
     const flash = openSimFirmware(path.join(paths.dir, "flash"), { board: SIM_BOARD });
@@ -141,6 +144,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
         host: "127.0.0.1", port: standin.port, servername: id.endpoint.host, clientId: id.thing, egress,
         ca: pem("CERTIFICATE", id.tls.certificate), cert: pem("CERTIFICATE", id.tls.clientCertificates[0]), key: pem("PRIVATE KEY", id.tls.clientKey),
       }),
+      crypto: cryptoWorker.crypto,
       onChime: () => say("  chime ♪ ding-dong"),
       // Time from the recognised press, so signing is inside the figure.
       onPress: () => (lastPressAt = clock.monotonic()),
@@ -233,6 +237,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     apps.close();
     await viewer.close?.();
     firmware.stop();
+    await cryptoWorker.close();
     await cloud.close();
     await standin.close();
   };
