@@ -28,6 +28,7 @@ import { CloudConsumer } from "../tools/cloud";
 import { ensureDevPki, type DevPki } from "../tools/pki";
 import { devicePaths, main as provisionCli } from "../tools/provision";
 import { startStandin, type Standin } from "../tools/standin";
+import { pemOf as pem } from "../modules/host/pem";
 
 const THING = "egress-wire-1";
 let home: string;
@@ -38,7 +39,6 @@ let phoneHome: net.Server;
 let phonePort: number;
 let phoneConnections = 0;
 
-const pem = (label: string, der: Uint8Array) => `-----BEGIN ${label}-----\n${Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n")}\n-----END ${label}-----\n`;
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function until(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
   const end = Date.now() + timeoutMs;

@@ -25,15 +25,13 @@ import { ensureDevPki, issueThingCredentials } from "../tools/pki";
 import { startStandin } from "../tools/standin";
 import { main, openSimulatedDevice, type CliIo } from "../tools/provision";
 import { findLeaks, type SecretSample } from "./vault-support";
+import { pemOf } from "../modules/host/pem";
 
 const THING = "doorward-log-test";
 const SSID = "Flat-4B-Guest-Network";
 const PASSWORD = "correct horse battery staple";
 
-function pem(der: Uint8Array, label: string): string {
-  const b64 = Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n");
-  return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
-}
+const pem = (der: Uint8Array, label: string): string => pemOf(label, der);
 
 test("no secret or 8-byte fragment of one appears in anything printed during provisioning, boot, connect and rings", async (t) => {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), "dw-logs-"));

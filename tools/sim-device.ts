@@ -40,6 +40,7 @@ import { toBase64Url, toHex } from "../modules/core/bytes";
 import { ensureDevPki } from "./pki";
 import { devicePaths, main as provisionCli } from "./provision";
 import { intOption, parseCommandLine, runAsEntry, UserError, type Parsed } from "./lib/cli";
+import { pemOf as pem } from "../modules/host/pem";
 
 export interface SimDeviceArgs {
   home: string;
@@ -88,7 +89,6 @@ function keepalive(text: string | undefined): number {
   return n;
 }
 
-const pem = (label: string, der: Uint8Array) => `-----BEGIN ${label}-----\n${Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n")}\n-----END ${label}-----\n`;
 
 /** First run: make a bundle with tools/provision.ts and feed it, as a maker would. */
 export async function provisionIfNeeded(home: string, thing: string, say: (line: string) => void = () => {}): Promise<void> {

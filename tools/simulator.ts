@@ -47,6 +47,7 @@ import { startWebApp, type HandOverResult } from "./webapp";
 import type { AccessUser } from "../modules/core/access";
 import { bytesEqual, toHex, toBase64Url } from "../modules/core/bytes";
 import { intOption, portOption, runAsEntry, type Parsed } from "./lib/cli";
+import { pemOf as pem } from "../modules/host/pem";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -118,7 +119,6 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   const button = new SimulatedButton();
   const pressedAt = new Map<number, number>();
   let lastPressAt = 0;
-  const pem = (label: string, der: Uint8Array) => `-----BEGIN ${label}-----\n${Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n")}\n-----END ${label}-----\n`;
   const releaseKeys = builtInKeys(ensureDevReleaseKey(o.home));
   // The one way out for the simulated device: the manifest's lin allowlist plus this run's stand-in port.
   const egress = simulatorEgress({ standinPort: standin.port });
