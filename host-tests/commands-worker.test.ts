@@ -65,6 +65,24 @@ test("a revoke that arrives while a grant is being verified is in force at once,
   t.is(jobs.length, 0, "no box.before was paid for a grant already void");
 });
 
+test("revoking a user whose grant is still being verified voids that grant: the revoke wins, as it would have after the grant", async (t) => {
+  const { tb, work } = bed();
+  const guest = createUserKeys("guest", "viewer");
+  const granting = tb.access.submitCommand(tb.owner.addUser(guest.identity).payload);
+  const revoke = await tb.access.submitCommand(tb.owner.revoke("guest").payload);
+  t.true(revoke.ok, revoke.detail);
+  await work();
+  const grant = await granting;
+  t.false(grant.ok);
+  t.is(grant.reason, "stale-generation");
+  t.regex(grant.detail!, /revocation arrived/);
+  t.is(tb.access.list.user("guest"), undefined);
+  const refused = await tb.access.submitCommand(tb.app(guest).command("snapshot").payload);
+  t.false(refused.ok, "the guest never gets in");
+  // Nothing pending now: revoking someone unknown is refused as before.
+  t.is((await tb.access.submitCommand(tb.owner.revoke("nobody").payload)).reason, "malformed");
+});
+
 test("a grant on the worker: applied when nothing changed meanwhile; a second grant in flight is busy", async (t) => {
   const { tb, jobs, work } = bed();
   const guest = createUserKeys("guest", "viewer");

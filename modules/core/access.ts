@@ -310,6 +310,8 @@ export class AccessList implements Keyring {
   #sha512: Sha512 | undefined;
   #verify: SignatureCheck;
   #mayVerify: () => boolean;
+  /** The list applySignedListAsync is verifying: who it names, and whether a revocation has voided it. */
+  #inFlight: { ids: Set<string>; voided: boolean } | undefined;
   #state!: State;
   #users = new Map<string, AccessUser>();
   #keys = new Map<string, UserKeys>();
@@ -379,11 +381,24 @@ export class AccessList implements Keyring {
    */
   async applySignedListAsync(signed: SignedAccessList, crypto: HeavyCrypto): Promise<AccessChange> {
     const list = signed.list;
+    if (this.#inFlight) throw new AccessRejection("busy", "another access list is being verified");
     this.#checkCandidate(list);
     const startGen = this.#state.gen;
+    const flight = { ids: new Set(list.users.map((u) => u.id)), voided: false };
+    this.#inFlight = flight;
     const changed = () => {
+      if (flight.voided) throw new AccessRejection("stale-generation", "a revocation arrived while this list was being verified");
       if (this.#state.gen !== startGen) throw new AccessRejection("stale-generation", "the access list changed while this list was being verified");
     };
+    try {
+      return await this.#verifyAndApply(signed, crypto, changed);
+    } finally {
+      this.#inFlight = undefined;
+    }
+  }
+
+  async #verifyAndApply(signed: SignedAccessList, crypto: HeavyCrypto, changed: () => void): Promise<AccessChange> {
+    const list = signed.list;
     if (!(await crypto.verify(listSigningMessage(list), signed.signature, this.owner.signPublicKey))) {
       throw new AccessRejection("bad-signature", "list is not signed by the current owner");
     }
@@ -452,6 +467,11 @@ export class AccessList implements Keyring {
   /** Remove one shared user. No signature needed: this only takes rights away. */
   revokeUser(id: string): AccessChange {
     const u = this.#users.get(id);
+    // Not listed yet, but named by a list still being verified: the revocation wins, and that list is void.
+    if (!u && this.#inFlight?.ids.has(id) && !this.#inFlight.voided) {
+      this.#inFlight.voided = true;
+      return { gen: this.#state.gen, added: [], removed: [id], rekeyed: [] };
+    }
     if (!u) throw new AccessRejection("malformed", "no such user");
     if (u.role === "owner") throw new AccessRejection("forbidden", "the owner cannot be revoked; sign a new list instead");
     return this.#remove([id]);

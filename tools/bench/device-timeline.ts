@@ -358,18 +358,20 @@ export async function runDay(mode: "one core" | "with worker", costs: TimelineCo
       if (crypto) {
         const pending = access.submitCommand(payload);
         // Everything but a grant's curve work is done (and in force) when submitCommand returns.
-        if (revokes !== undefined && access.list.user(revokes) === undefined) {
+        let enforcedAt: number | undefined;
+        if (revokes !== undefined) {
           charge(costs.revoke);
-          revokeLatencies.push(m.now - at);
+          enforcedAt = m.now;
         }
         void pending.then((o) => {
           if (revokes === undefined) charge(commandCost(o));
+          else if (o.ok && access.list.user(revokes) === undefined) revokeLatencies.push(enforcedAt! - at);
           answer(o);
         });
       } else {
         const o = access.handleCommand(payload);
         charge(commandCost(o));
-        if (revokes !== undefined && access.list.user(revokes) === undefined) revokeLatencies.push(m.now - at);
+        if (revokes !== undefined && o.ok && access.list.user(revokes) === undefined) revokeLatencies.push(m.now - at);
         answer(o);
       }
     });
