@@ -242,3 +242,13 @@ test("secret names used by provisioning fit the vault and the marker is written 
   t.is(heads[heads.length - 1], "v.prov");
   t.deepEqual(order.slice(order.lastIndexOf("v.prov") + 1), ["v_meta"]);
 });
+
+test("a lone surrogate in the SSID (or any text field) is refused with a clear error naming the field", (t) => {
+  for (const ssid of ["Home\ud800", "\udc00Net", "a\ud83dz"]) {
+    const bytes = encodeBundle({ ...bundleA, wifi: { ...bundleA.wifi, ssid } });
+    t.throws(() => parseBundle(bytes), { instanceOf: ProvisioningError, message: /wifi\.ssid .*lone surrogate/ }, JSON.stringify(ssid));
+  }
+  const password = encodeBundle({ ...bundleA, wifi: { ...bundleA.wifi, password: "correct horse \ud800 staple" } });
+  t.throws(() => parseBundle(password), { instanceOf: ProvisioningError, message: /wifi\.password/ });
+  t.is(parseBundle(encodeBundle({ ...bundleA, wifi: { ...bundleA.wifi, ssid: "Café 🏠" } })).wifi.ssid, "Café 🏠", "a real pair is fine");
+});

@@ -32,7 +32,7 @@ import type { Log } from "../modules/core/ports";
 import { isThingName } from "../modules/core/topics";
 import { Vault } from "../modules/core/vault";
 import {
-  Provisioning, ProvisioningError, encodeBundle, parseBundle, parseEndpoint, type OwnerKeys, type ProvisioningBundle,
+  BUNDLE_MAX_BYTES, Provisioning, ProvisioningError, encodeBundle, parseBundle, parseEndpoint, type OwnerKeys, type ProvisioningBundle,
 } from "../modules/core/provisioning";
 import { FileStore } from "../modules/host/file-store";
 import { openKeyFile, KeyFileError, writePrivateFile } from "../modules/host/key-file";
@@ -78,8 +78,8 @@ export { UsageError };
 export interface CliIo {
   out(line: string): void;
   err(line: string): void;
-  /** All of stdin (for "-" and --wifi-password-stdin). */
-  readStdin(): Promise<Uint8Array>;
+  /** All of stdin (for "-" and --wifi-password-stdin); more than maxBytes is refused, not read on forever. */
+  readStdin(maxBytes?: number): Promise<Uint8Array>;
   env: NodeJS.ProcessEnv;
 }
 
@@ -238,7 +238,8 @@ async function readPassphrase(p: Parsed, io: CliIo): Promise<string> {
   const file = p.values.get("--wifi-password-file");
   const stdin = p.flags.has("--wifi-password-stdin");
   if ((file === undefined) === !stdin) throw new UsageError("give the Wi-Fi passphrase with exactly one of --wifi-password-file FILE or --wifi-password-stdin");
-  const raw = file !== undefined ? fs.readFileSync(file) : Buffer.from(await io.readStdin());
+  const raw = Buffer.from(file !== undefined ? readBounded(file, PASSPHRASE_READ_MAX, `passphrase file ${file}`) : await io.readStdin(PASSPHRASE_READ_MAX));
+  if (raw.length > PASSPHRASE_READ_MAX) throw new UsageError(`the Wi-Fi passphrase input is larger than ${PASSPHRASE_READ_MAX} bytes`);
   const text = raw.toString("utf8").replace(/\r?\n$/, "");
   raw.fill(0);
   if (text.includes("\n")) throw new UsageError("the Wi-Fi passphrase must be a single line");
@@ -336,7 +337,9 @@ function deviceLog(io: CliIo): Log {
 async function feed(p: Parsed, home: string, io: CliIo): Promise<number> {
   allowOnly(p, ["--bundle", "--keep", "--thing"]);
   const source = need(p, "--bundle");
-  const bytes = source === "-" ? await io.readStdin() : new Uint8Array(fs.readFileSync(source));
+  // Bounded: a device file such as /dev/zero, or a pipe that never closes, is refused, not read forever.
+  const bytes = source === "-" ? await io.readStdin(BUNDLE_MAX_BYTES) : readBounded(source, BUNDLE_MAX_BYTES, `bundle ${source}`);
+  if (bytes.length > BUNDLE_MAX_BYTES) throw new UsageError(`the bundle is larger than ${BUNDLE_MAX_BYTES} bytes`);
   const thing = parseBundle(bytes).thing;
   const expected = p.values.get("--thing");
   if (expected !== undefined && expected !== thing) throw new UsageError(`the bundle is for ${thing}, not ${expected}`);
@@ -354,6 +357,28 @@ async function feed(p: Parsed, home: string, io: CliIo): Promise<number> {
   io.out(`device public key (Ed25519, register it with the cloud): ${toHex(publicKey)}`);
   if (source !== "-" && !p.flags.has("--keep")) io.out(`bundle ${source} erased`);
   return 0;
+}
+
+/** Longest input taken as a Wi-Fi passphrase (a WPA passphrase is at most 63 bytes; a line ending and slack besides). */
+const PASSPHRASE_READ_MAX = 4096;
+
+/** At most maxBytes + 1 bytes of a file, so a file that never ends (a device, a FIFO left open) cannot hold the tool. */
+function readBounded(file: string, maxBytes: number, what: string): Uint8Array {
+  const fd = fs.openSync(file, "r");
+  const buf = new Uint8Array(maxBytes + 1);
+  try {
+    let n = 0;
+    while (n < buf.length) {
+      const got = fs.readSync(fd, buf, n, buf.length - n, null);
+      if (got === 0) break;
+      n += got;
+    }
+    if (n > maxBytes) throw new UsageError(`${what} is larger than ${maxBytes} bytes`);
+    return buf.slice(0, n);
+  } finally {
+    buf.fill(0);
+    fs.closeSync(fd);
+  }
 }
 
 /** Overwrite, flush and delete: the bundle held secrets in plain form. */
@@ -432,9 +457,18 @@ function processIo(): CliIo {
   return {
     out: (line) => process.stdout.write(line + "\n"),
     err: (line) => process.stderr.write(line + "\n"),
-    async readStdin() {
+    async readStdin(maxBytes = Infinity) {
       const parts: Buffer[] = [];
-      for await (const chunk of process.stdin) parts.push(chunk as Buffer);
+      let total = 0;
+      for await (const chunk of process.stdin) {
+        total += (chunk as Buffer).length;
+        if (total > maxBytes) {
+          for (const part of parts) part.fill(0);
+          process.stdin.destroy();
+          throw new UsageError(`stdin holds more than ${maxBytes} bytes`);
+        }
+        parts.push(chunk as Buffer);
+      }
       return new Uint8Array(Buffer.concat(parts));
     },
     env: process.env,

@@ -34,6 +34,7 @@ import type { KeyValueStore, Log, Random } from "./ports";
 import { UPDATE_KV } from "./update-protocol";
 import { fromBase64Url, toBase64Url, utf8Decode, utf8Encode, wipe } from "./bytes";
 import { isThingName } from "./topics";
+import { jsonNestsDeeper } from "./canonical";
 import { isUsableBoxKey } from "./access";
 import { Vault, VaultError, type DamagedSecret } from "./vault";
 
@@ -68,6 +69,7 @@ export const BUNDLE_KIND = "doorward-provisioning";
 export const BUNDLE_VERSION = 1;
 /** Larger bundles are refused before parsing. */
 export const BUNDLE_MAX_BYTES = 32768;
+const BUNDLE_MAX_DEPTH = 4;
 const DER_MAX = 8192;
 
 export interface OwnerKeys {
@@ -345,7 +347,21 @@ function objectWith(value: unknown, where: string, fields: string[]): Record<str
 function stringField(o: Record<string, unknown>, key: string, where: string): string {
   const v = o[key];
   if (typeof v !== "string") fail(`${where} must be a string`);
+  if (hasLoneSurrogate(v)) fail(`${where} is not valid Unicode text (it holds a lone surrogate, which has no UTF-8 form)`);
   return v;
+}
+
+/** A UTF-16 surrogate without its partner: JSON lets "\ud800" through, UTF-8 cannot encode it. */
+function hasLoneSurrogate(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) i++;
+      else return true;
+    } else if (c >= 0xdc00 && c <= 0xdfff) return true;
+  }
+  return false;
 }
 
 function bytesField(o: Record<string, unknown>, key: string, where: string): Uint8Array {
@@ -405,6 +421,8 @@ function checkPassphrase(password: string): void {
 export function parseBundle(bytes: Uint8Array): ProvisioningBundle {
   if (!(bytes instanceof Uint8Array) || bytes.length === 0) fail("empty");
   if (bytes.length > BUNDLE_MAX_BYTES) fail(`larger than ${BUNDLE_MAX_BYTES} bytes`);
+  // A bundle nests two deep; JSON.parse recurses, and thousands of levels overflow an XS stack.
+  if (jsonNestsDeeper(bytes, BUNDLE_MAX_DEPTH)) fail(`nested deeper than ${BUNDLE_MAX_DEPTH} levels`);
   let doc: unknown;
   try {
     doc = JSON.parse(utf8Decode(bytes));
