@@ -87,9 +87,10 @@ test("both copies gone on a device that ran before: the counter jumps above ever
   for (let i = 0; i < 100; i++) seq.next();
   store.delete(SEQ_KEY);
   store.write(BOOT_KEY, new Uint8Array([1, 2, 3]));
-  const after = new SequenceCounter(store, { evidence: { highestSeq: 90, ranBefore: true } });
+  const after = new SequenceCounter(store, { evidence: { highestSeq: 90, highestBoot: 6, ranBefore: true } });
   t.is(after.recovery?.basis, "blind-jump");
   t.true(after.next() >= 90 + BLIND_JUMP);
+  t.true(after.boot > 6 + 1, "past the boot noted elsewhere, which may lag by one");
   // A new device (nothing in flash at all) starts at 1 and reports nothing.
   const fresh = new SequenceCounter(new MemoryStore(), { evidence: { highestSeq: 0, ranBefore: false } });
   t.is(fresh.recovery, undefined);

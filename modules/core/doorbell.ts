@@ -138,7 +138,8 @@ export class Doorbell {
       onDrop: () => this.#scheduleDropReport(Math.max(0, this.#lastReportAt + REPORT_MIN_INTERVAL_MS - options.clock.monotonic())),
       onStall: (reason) => this.link.drop(reason),
     });
-    this.sequence = new SequenceCounter(options.store, { evidence: { highestSeq: this.outbox.highestSeq, ranBefore: this.outbox.foundInFlash } });
+    this.sequence = new SequenceCounter(options.store, { evidence: { highestSeq: this.outbox.highestSeq, highestBoot: this.outbox.ledger.boot, ranBefore: this.outbox.foundInFlash } });
+    this.outbox.noteBoot(this.sequence.boot, this.sequence.highWater);
     const recovered = this.sequence.recovery;
     if (recovered) {
       options.log("error", "sequence counter damaged or missing: recovered", { basis: recovered.basis, seq: recovered.seq, boot: recovered.boot, found: JSON.stringify(recovered.found) });

@@ -97,6 +97,9 @@ export interface DropLedger {
   /** Times this ledger was found unreadable at boot (what it counted before is gone), and of those, how many a report the broker acknowledged covered. */
   unreadable: number;
   unreadableAcked: number;
+  /** The boot number and sequence mark noted at the last boot: a third, lagging trace of the counters (./sequence). */
+  boot: number;
+  mark: number;
 }
 
 export const OUTBOX_PREFIX = "ob.";
@@ -142,7 +145,7 @@ export function entryFootprint(payloadBytes: number, topicBytes: number): number
 }
 /** At least two of the largest events (4096-byte envelopes, two values each), so one always fits. */
 const MIN_FLASH_BYTES = 2 * entryFootprint(4096, 255);
-const freshLedger = (): DropLedger => ({ drops: 0, rings: 0, events: 0, acked: 0, victim: 0, recent: [], unreadable: 0, unreadableAcked: 0 });
+const freshLedger = (): DropLedger => ({ drops: 0, rings: 0, events: 0, acked: 0, victim: 0, recent: [], unreadable: 0, unreadableAcked: 0, boot: 0, mark: 0 });
 
 interface Item {
   entry: OutboxEntry;
@@ -220,9 +223,22 @@ export class Outbox {
     return this.#found;
   }
 
-  /** The highest sequence number the outbox knows of: queued entries and the drops it remembers. */
+  /**
+   * Note this boot's number and sequence mark in the ledger (one write per boot), so that a
+   * device whose counter records are both lost still knows roughly where it was.
+   */
+  noteBoot(boot: number, mark: number): void {
+    if (!this.#store || (boot <= this.#ledger.boot && mark <= this.#ledger.mark)) return;
+    try {
+      this.#saveLedger({ ...this.#ledger, boot: Math.max(boot, this.#ledger.boot), mark: Math.max(mark, this.#ledger.mark) });
+    } catch (e) {
+      this.#log("warn", "outbox: could not note the boot in the ledger", { reason: String(e) });
+    }
+  }
+
+  /** The highest sequence number the outbox knows of: queued entries, the drops it remembers and the mark noted at the last boot. */
   get highestSeq(): number {
-    let n = 0;
+    let n = this.#ledger.mark;
     for (const item of this.#queue) n = Math.max(n, item.entry.seq);
     for (const [seq] of this.#ledger.recent) n = Math.max(n, seq);
     return n;
@@ -757,7 +773,7 @@ function decodeEntry(store: KeyValueStore, headKey: string, kind: OutboxKind, ta
 
 function ledgerBytes(l: DropLedger): Uint8Array {
   const doc: Json = {
-    acked: l.acked, drops: l.drops, events: l.events, recent: l.recent.map(([s, k]) => [s, k]), rings: l.rings,
+    acked: l.acked, boot: l.boot, drops: l.drops, events: l.events, mark: l.mark, recent: l.recent.map(([s, k]) => [s, k]), rings: l.rings,
     unreadable: l.unreadable, unreadableAcked: l.unreadableAcked, v: 2, victim: l.victim,
   };
   return encodeJsonRecord(LEDGER_RECORD, doc);
@@ -773,12 +789,13 @@ function readLedger(store: KeyValueStore): DropLedger | "unreadable" | "missing"
   if (read.state === "damaged") return "unreadable";
   const doc = read.value;
   if (typeof doc !== "object" || doc === null || Array.isArray(doc) || doc.v !== 2) return "unreadable";
-  const { acked, drops, events, rings, victim, recent, unreadable, unreadableAcked } = doc;
+  const { acked, drops, events, rings, victim, recent, unreadable, unreadableAcked, boot, mark } = doc;
   if (!isCount(acked) || !isCount(drops) || !isCount(events) || !isCount(rings) || !isCount(victim) || !isCount(unreadable) || !isCount(unreadableAcked) || !Array.isArray(recent)) return "unreadable";
+  if (!isCount(boot) || !isCount(mark)) return "unreadable";
   const list: Array<[number, OutboxKind]> = [];
   for (const r of recent) {
     if (!Array.isArray(r) || r.length !== 2 || !isCount(r[0]) || typeof r[1] !== "string" || !KINDS.includes(r[1] as OutboxKind)) return "unreadable";
     list.push([r[0], r[1] as OutboxKind]);
   }
-  return { acked, drops, events, rings, victim, recent: list, unreadable, unreadableAcked };
+  return { acked, drops, events, rings, victim, recent: list, unreadable, unreadableAcked, boot, mark };
 }

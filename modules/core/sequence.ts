@@ -16,7 +16,8 @@
  * one boot apart. If one is damaged or missing, the other plus one block (and
  * one boot) is safely above anything issued. If both are gone on a device that
  * has run before (its outbox or drop ledger is in flash), the mark jumps far
- * above the highest number still in flash. A damaged counter never stops the
+ * above the highest number still in flash (the drop ledger notes the boot and
+ * mark once per boot), and the boot number goes past the one noted there. A damaged counter never stops the
  * bell: the counter recovers, and says how in `recovery`, which the doorbell
  * reports in a signed audit event.
  */
@@ -60,7 +61,7 @@ export interface SequenceOptions {
    * The highest sequence number still in flash elsewhere (the outbox, the drop ledger) and
    * whether the device has run before: used only when a counter copy is damaged or missing.
    */
-  evidence?: { highestSeq: number; ranBefore: boolean };
+  evidence?: { highestSeq: number; highestBoot?: number; ranBefore: boolean };
 }
 
 const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
@@ -140,7 +141,7 @@ export class SequenceCounter {
       repairBoth = true;
       if (b < 0 || m < 0) {
         recovery = { found, basis: "blind-jump" };
-        boot = Math.max(boot, 0) + 1;
+        boot = Math.max(boot, (evidence.highestBoot ?? 0) + 2);
         mark = Math.max(mark, evidence.highestSeq) + BLIND_JUMP;
       }
     } else if (ok[0] && ok[1]) {
@@ -162,7 +163,8 @@ export class SequenceCounter {
       n = 0;
       repairBoth = true;
     } else {
-      boot = 0;
+      // The boot noted elsewhere may lag by a boot or two (it is written once per boot): stay clear of both.
+      boot = (evidence.highestBoot ?? 0) + 2;
       mark = evidence.highestSeq + BLIND_JUMP;
       n = 0;
       repairBoth = true;
@@ -178,6 +180,11 @@ export class SequenceCounter {
     this.recovery = recovery && { ...recovery, seq: this.#next, boot: this.boot };
     if (repairBoth) this.#write(mark);
     this.#write(mark);
+  }
+
+  /** The sequence mark in flash: every number below it may have been issued. */
+  get highWater(): number {
+    return this.#highWater;
   }
 
   /** The next sequence number, reserved in flash before it is returned. */
