@@ -27,6 +27,7 @@ const COMMANDS: Record<string, string> = {
   "tools/make-nacl-esm.ts": "make-nacl-esm",
   "tools/make-sample-jpegs.ts": "make-sample-jpegs",
   "tools/mc.ts": "mc",
+  "tools/mosquitto.ts": "mosquitto",
   "tools/owner-app.ts": "owner-app",
   "tools/pki.ts": "pki",
   "tools/provision.ts": "provision",
@@ -43,6 +44,7 @@ const COMMANDS: Record<string, string> = {
 /** Modules that only other code imports: nobody is told to run them. */
 const LIBRARIES = new Set([
   "tools/lib/cli.ts",
+  "tools/lib/broker.ts",
   "tools/sim-lin.ts",
   "tools/xs-meter.ts",
   "tools/import-rules.ts",

@@ -7,7 +7,9 @@
  * its replay marks survive a restart, and a device whose counters went
  * backwards (flash written back) is raised as an alert, never dropped quietly.
  */
-import mqtt, { type MqttClient } from "mqtt";
+import type { MqttClient } from "mqtt";
+import { BROKER_OPTIONS, BROKER_USAGE, brokerFromFlags, brokerName, closeClient, joinBroker, type BrokerSettings } from "./lib/broker";
+import { MqttFailureError } from "../modules/host/mqtt-failure";
 import { EventVerifier, FileReplayState, type Verdict } from "./verifier";
 import { openEnvelope } from "../modules/core/events";
 import { opensslVerify } from "./openssl-ed25519";
@@ -20,16 +22,8 @@ import { ensureDevPki } from "./pki";
 import { fromHex } from "../modules/core/bytes";
 import { portOption, runAsEntry, UserError } from "./lib/cli";
 
-export interface CloudOptions {
-  host: string;
-  port: number;
-  /** PEM: the CA that signed the broker's certificate, and the service's client certificate and key. */
-  ca: string;
-  cert: string;
-  key: string;
-  clientId: string;
-  servername?: string;
-}
+/** Where and as whom a cloud-side tool connects: the shared broker settings (./lib/broker). */
+export type CloudOptions = BrokerSettings;
 
 export interface ReceivedEvent {
   topic: string;
@@ -46,27 +40,11 @@ export interface ReceivedEvent {
 
 /**
  * Connect with the service identity and subscribe one filter: how every cloud-side
- * tool joins the broker. Resolves once the subscription is granted.
+ * tool joins the broker. Resolves once the subscription is granted; a refusal or a
+ * silent broker rejects, naming the broker and what it refused.
  */
-export function connectService(options: CloudOptions, filter: string, onMessage: (topic: string, payload: Uint8Array) => void): Promise<MqttClient> {
-  return new Promise((resolve, reject) => {
-    const client = mqtt.connect({
-      protocol: "mqtts", host: options.host, port: options.port, clientId: options.clientId,
-      ca: options.ca, cert: options.cert, key: options.key, servername: options.servername ?? options.host,
-      rejectUnauthorized: true, clean: true, reconnectPeriod: 1000, protocolVersion: 4,
-    });
-    // Latency-bound small packets: don't let Nagle hold them.
-    (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
-    client.on("message", (topic, buf) => onMessage(topic, new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)));
-    client.once("error", reject);
-    client.once("connect", () => {
-      client.subscribe(filter, { qos: 1 }, (err, granted) => {
-        if (err) reject(err);
-        else if (granted?.some((g) => g.qos === 128)) reject(new Error(`subscription to ${filter} refused`));
-        else resolve(client);
-      });
-    });
-  });
+export async function connectService(options: CloudOptions, filter: string, onMessage: (topic: string, payload: Uint8Array) => void): Promise<MqttClient> {
+  return (await joinBroker(options, { subscribe: [filter], onMessage })).client;
 }
 
 export interface CloudConsumerOptions {
@@ -112,7 +90,7 @@ export class CloudConsumer {
   }
 
   close(): Promise<void> {
-    return new Promise((resolve) => (this.#client ? this.#client.end(true, {}, () => resolve()) : resolve()));
+    return this.#client ? closeClient(this.#client) : Promise.resolve();
   }
 
   /** One message from the events subscription (also fed directly by tests and by replays of captured traffic). */
@@ -145,32 +123,43 @@ export class CloudConsumer {
 
 const CLI = {
   name: "cloud",
-  usage: `usage: npx tsx tools/cloud.ts --port N [--host H] [--pki DIR] [--key THING=HEX ...]
+  usage: `usage: npx tsx tools/cloud.ts (--port N [--host H] [--pki DIR] | broker options) [--key THING=HEX ...]
 
 The reference cloud consumer on its own: connects to a running broker with the cloud
 service's identity, subscribes to every thing's events and prints one line per event,
 checked with tweetnacl and OpenSSL (an event from a thing whose key is not given is
-printed as unknown). Runs until Ctrl-C. For the local stand-in (npx tsx tools/standin.ts).
+printed as unknown). Runs until Ctrl-C. With --port, the local stand-in
+(npx tsx tools/standin.ts) and the development PKI; with the broker options, any broker.
 
   --port N          the broker's port
   --host H          the broker's address (default 127.0.0.1)
   --pki DIR         where the CA and the service certificate are (default .doorward/pki)
   --key THING=HEX   a thing's Ed25519 public key (64 hex digits); repeatable
-  -h, --help        this text`,
-  options: { port: { type: "string" }, host: { type: "string" }, pki: { type: "string" }, key: { type: "string", multiple: true } },
+  -h, --help        this text
+
+${BROKER_USAGE}`,
+  options: { port: { type: "string" }, host: { type: "string" }, pki: { type: "string" }, key: { type: "string", multiple: true }, ...BROKER_OPTIONS },
 } as const;
 
-runAsEntry(import.meta.url, CLI, async ({ values }) => {
+/** The stand-in's settings from --port/--host/--pki and the development PKI. */
+async function standinSettings(values: { port?: string; host?: string; pki?: string }): Promise<BrokerSettings> {
   const port = portOption("port", values.port);
   if (port === 0) throw new UserError("--port must be the broker's port, not 0");
+  const dir = path.resolve(values.pki ?? path.join(path.dirname(fileURLToPath(import.meta.url)), "..", ".doorward", "pki"));
+  if (!fs.existsSync(path.join(dir, "ca.cert.pem"))) throw new UserError(`no development PKI in ${dir}: start the stand-in first, or give --pki DIR`);
+  const pki = await ensureDevPki(dir);
+  return { host: values.host ?? "127.0.0.1", port, servername: "localhost", clientId: pki.service.name, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem };
+}
+
+runAsEntry(import.meta.url, CLI, async ({ values }) => {
+  const own = brokerFromFlags(values);
+  if (own && (values.port !== undefined || values.host !== undefined || values.pki !== undefined)) throw new UserError("give --port/--host/--pki (the stand-in) or the broker options, not both");
+  const settings = own ?? (await standinSettings(values));
   const keys = (values.key ?? []).map((k) => {
     const m = /^([a-zA-Z0-9:_-]{1,128})=([0-9a-fA-F]{64})$/.exec(k);
     if (!m) throw new UserError(`--key must be THING=<64 hex digits>, got ${JSON.stringify(k)}`);
     return [m[1], fromHex(m[2])] as const;
   });
-  const dir = path.resolve(values.pki ?? path.join(path.dirname(fileURLToPath(import.meta.url)), "..", ".doorward", "pki"));
-  if (!fs.existsSync(path.join(dir, "ca.cert.pem"))) throw new UserError(`no development PKI in ${dir}: start the stand-in first, or give --pki DIR`);
-  const pki = await ensureDevPki(dir);
   const cloud = new CloudConsumer();
   for (const [thing, key] of keys) cloud.register(thing, key);
   cloud.onEvent((e) => {
@@ -178,14 +167,12 @@ runAsEntry(import.meta.url, CLI, async ({ values }) => {
     const what = v.ok ? `✔ ${v.event.thing} ${v.event.type} seq=${v.event.seq} (OpenSSL ${e.openssl ? "✔" : "✘"})` : `✘ ${v.reason}: ${v.detail}${e.duplicate ? " (a redelivery)" : ""}`;
     process.stdout.write(`${e.topic} ${what}\n`);
   });
-  const host = values.host ?? "127.0.0.1";
   try {
-    await cloud.connect({ host, port, servername: "localhost", clientId: `${pki.service.name}-cli-${process.pid}`, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem });
+    await cloud.connect({ ...settings, clientId: `${settings.clientId}-cli-${process.pid}` });
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ECONNREFUSED") throw new UserError(`nothing listens on ${host}:${port}: start the stand-in (npx tsx tools/standin.ts --port ${port})`);
-    throw e;
+    if (!(e instanceof MqttFailureError)) throw e;
+    throw new UserError(e.kind === "unreachable" && !own ? `${e.message}: start the stand-in (npx tsx tools/standin.ts --port ${settings.port})` : e.message);
   }
-  process.stdout.write(`listening for events on ${host}:${port}\n`);
+  process.stdout.write(`listening for events on ${brokerName(settings)}\n`);
   process.once("SIGINT", () => void cloud.close().then(() => process.exit(0)));
 });

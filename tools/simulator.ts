@@ -9,13 +9,14 @@
  *
  *   npm start                       interactive
  *   npm start -- --rings 3 --exit   ring three times, wait for verification, exit 0/1
+ *   npm start -- --broker HOST[:PORT] --broker-ca ca.pem --broker-cert svc.pem --broker-key svc.key
+ *                                   your own broker instead of the stand-in (or --broker-config FILE)
  */
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
 import readline from "node:readline";
 import { fileURLToPath } from "node:url";
-import mqtt from "mqtt";
 import nacl from "tweetnacl";
 import { startHostCryptoWorker } from "../modules/host/crypto-worker";
 import { bootFirmware, type RunningFirmware } from "../modules/core/firmware";
@@ -39,7 +40,9 @@ import { demoUpdate } from "./update-service";
 /** The simulated board's name: releases signed for it are the only ones it installs. */
 const SIM_BOARD = "host/sim";
 import { ensureDevPki } from "./pki";
-import { startStandin } from "./standin";
+import { startStandin, type Standin } from "./standin";
+import { BROKER_OPTIONS, BROKER_USAGE, brokerFromFlags, brokerName, closeClient, joinBroker, type BrokerSettings } from "./lib/broker";
+import { DEFAULT_ENDPOINT } from "./provision";
 import { CloudConsumer } from "./cloud";
 import { devicePaths, main as provisionCli } from "./provision";
 import { AppLink, OwnerApp, UserApp, createUserKeys, keysFromJson, type AppKeys } from "./owner-app";
@@ -61,7 +64,14 @@ interface SimOptions {
   demoAccess: boolean;
   demoUpdate: boolean;
   demoEgress: boolean;
+  /** The user's own broker (service identity); undefined: the stand-in. */
+  broker?: BrokerSettings;
+  /** How long the device may take to come online before the run gives up. Default 20 s. */
+  onlineTimeoutMs: number;
 }
+
+/** How long a run waits for the device's first session. */
+const ONLINE_TIMEOUT_MS = 20_000;
 
 const CLI = {
   name: "simulator",
@@ -81,11 +91,14 @@ the other keys.
   --thing NAME       the thing name (default doorward-sim-1, or DOORWARD_THING)
   --button-port N    the local HTTP button (default 8080, or DOORWARD_BUTTON_PORT; 0 = any free port)
   --quiet            fewer lines
-  -h, --help         this text`,
+  -h, --help         this text
+
+${BROKER_USAGE}`,
   options: {
     rings: { type: "string" }, exit: { type: "boolean" }, home: { type: "string" }, thing: { type: "string" },
     "button-port": { type: "string" }, quiet: { type: "boolean" },
     "demo-access": { type: "boolean" }, "demo-update": { type: "boolean" }, "demo-egress": { type: "boolean" },
+    ...BROKER_OPTIONS,
   },
 } as const;
 
@@ -101,6 +114,8 @@ function simOptions(args: Parsed<typeof CLI.options>): SimOptions {
     demoAccess: v["demo-access"] ?? false,
     demoUpdate: v["demo-update"] ?? false,
     demoEgress: v["demo-egress"] ?? false,
+    broker: brokerFromFlags(v),
+    onlineTimeoutMs: ONLINE_TIMEOUT_MS,
   };
 }
 
@@ -108,8 +123,21 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   const say = (line: string) => process.stdout.write(line + "\n");
   const pkiDir = path.join(o.home, "pki");
   const pki = await ensureDevPki(pkiDir);
-  const standin = await startStandin({ pki });
-  say(`stand-in for AWS IoT Core on mqtts://127.0.0.1:${standin.port} (mutual TLS, dev CA in ${pkiDir})`);
+  let standin: Standin | undefined;
+  let service: BrokerSettings;
+  if (o.broker) {
+    service = o.broker;
+    say(`broker ${brokerName(service)} (yours; no stand-in started), cloud side as ${service.clientId}`);
+  } else {
+    standin = await startStandin({ pki });
+    service = { host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: pki.service.name, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem };
+    say(`stand-in for AWS IoT Core on mqtts://127.0.0.1:${standin.port} (mutual TLS, dev CA in ${pkiDir})`);
+  }
+  // The bundle's endpoint is where the device goes. "localhost" without a port is the stand-in, wherever it listens this run.
+  const deviceBroker = (id: DeviceIdentity) =>
+    id.endpoint.host === DEFAULT_ENDPOINT && id.endpoint.port === undefined && standin
+      ? { host: "127.0.0.1", port: standin.port, servername: "localhost" }
+      : { host: id.endpoint.host, port: id.endpoint.port ?? 8883, servername: /^[\d.]+$|:/.test(id.endpoint.host) ? undefined : id.endpoint.host };
 
   // First run: provision the simulated device over its local channel, as a maker would with tools/provision.ts.
   const paths = devicePaths(o.home, o.thing);
@@ -120,8 +148,8 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   const pressedAt = new Map<number, number>();
   let lastPressAt = 0;
   const releaseKeys = builtInKeys(ensureDevReleaseKey(o.home));
-  // The one way out for the simulated device: the manifest's lin allowlist plus this run's stand-in port.
-  const egress = simulatorEgress({ standinPort: standin.port });
+  // The one way out for the simulated device: the manifest's lin allowlist plus this run's broker.
+  const egress = simulatorEgress({ broker: { host: service.host, port: service.port } });
   const log = createHostLog((line) => { if (!o.quiet) say(`  device ${line}`); });
   let firmware!: RunningFirmware;
   let version = 0;
@@ -141,7 +169,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
       button,
       egress: egress.guard,
       transport: (id: DeviceIdentity) => new HostMqttTransport({
-        host: "127.0.0.1", port: standin.port, servername: id.endpoint.host, clientId: id.thing, egress,
+        ...deviceBroker(id), clientId: id.thing, egress,
         ca: pem("CERTIFICATE", id.tls.certificate), cert: pem("CERTIFICATE", id.tls.clientCertificates[0]), key: pem("PRIVATE KEY", id.tls.clientKey),
       }),
       crypto: cryptoWorker.crypto,
@@ -173,14 +201,38 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     return booted;
   };
   if (!powerOn()) {
-    await standin.close();
+    await cryptoWorker.close();
+    await standin?.close();
     return 1;
   }
   const identity = firmware.identity;
+  const target = deviceBroker(identity);
+  if (target.host !== service.host || target.port !== service.port) {
+    firmware.stop();
+    await cryptoWorker.close();
+    await standin?.close();
+    const where = `${identity.endpoint.host}${identity.endpoint.port === undefined ? "" : `:${identity.endpoint.port}`}`;
+    say(o.broker
+      ? `device ${identity.thing} is provisioned for ${where}, not for ${brokerName(service)}: provision it for this broker (npx tsx tools/provision.ts reset --thing ${identity.thing} --yes, then npm start with the same --broker options), or use another --home`
+      : `device ${identity.thing} is provisioned for the broker ${where}: give the cloud side's settings for it (--broker ${where} --broker-ca ... --broker-cert ... --broker-key ..., or --broker-config FILE; see --help)`);
+    return 1;
+  }
 
   const cloud = new CloudConsumer();
   cloud.register(identity.thing, identity.publicKey);
-  await cloud.connect({ host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: `${pki.service.name}-sim`, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem });
+  const stopAll = async () => {
+    firmware.stop();
+    await cryptoWorker.close();
+    await cloud.close();
+    await standin?.close();
+  };
+  try {
+    await cloud.connect({ ...service, clientId: `${service.clientId}-sim` });
+  } catch (e) {
+    say(`cloud side could not join: ${(e as Error).message}`);
+    await stopAll();
+    return 1;
+  }
   let verified = 0;
   let rejected = 0;
   cloud.onEvent((e) => {
@@ -202,19 +254,40 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   });
 
   say(`doorbell ${identity.thing} boot=${firmware.doorbell.sequence.boot} device key ${toHex(identity.publicKey)} (secrets in its encrypted vault)`);
-  const apps = await connectApps(o, pki, standin.port, firmware);
+  let apps: Awaited<ReturnType<typeof connectApps>>;
+  let viewer: Awaited<ReturnType<typeof attachSnapshotViewer>>;
+  try {
+    apps = await connectApps(o, service, firmware);
+    viewer = await attachSnapshotViewer(
+      cloud,
+      { ...service, clientId: `${service.clientId}-sim-snapshots` },
+      { viewer: { user: "owner", footageKey: apps.ownerFootageKey }, outDir: path.join(o.home, "snapshots"), say, pressedAt: (seq) => pressedAt.get(seq) },
+    );
+  } catch (e) {
+    say(`cloud side could not join: ${(e as Error).message}`);
+    await stopAll();
+    return 1;
+  }
   let snapshotsSaved = 0;
-  const viewer = await attachSnapshotViewer(
-    cloud,
-    { host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: `${pki.service.name}-sim-snapshots`, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem },
-    { viewer: { user: "owner", footageKey: apps.ownerFootageKey }, outDir: path.join(o.home, "snapshots"), say, pressedAt: (seq) => pressedAt.get(seq) },
-  );
   viewer.onResult((r) => { if (r.ok) snapshotsSaved++; });
 
-  const online = new Promise<void>((resolve) => {
-    const poll = setInterval(() => { if (firmware.doorbell.link.online) { clearInterval(poll); resolve(); } }, 20);
+  const online = await new Promise<boolean>((resolve) => {
+    const deadline = Date.now() + o.onlineTimeoutMs;
+    const poll = setInterval(() => {
+      if (firmware.doorbell.link.online || Date.now() > deadline) {
+        clearInterval(poll);
+        resolve(firmware.doorbell.link.online);
+      }
+    }, 20);
   });
-  await online;
+  if (!online) {
+    const st = firmware.doorbell.link.status();
+    say(`device ${identity.thing} did not come online within ${o.onlineTimeoutMs / 1000} s at ${brokerName(target)}: ${st.cause ?? "no attempt yet"}: ${st.reason || "no reason given"}`);
+    apps.close();
+    await viewer.close?.();
+    await stopAll();
+    return 1;
+  }
   for (let i = 0; i < o.rings; i++) {
     say(`button pressed${o.rings > 1 ? ` (${i + 1}/${o.rings})` : ""}`);
     button.press();
@@ -225,21 +298,20 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   if (o.demoUpdate) say("— update demo: a signed release through AWS IoT Jobs and streams, then a refused downgrade —");
   let updateOk = true;
   if (o.demoUpdate) {
-    const result = await demoUpdate({ standin, thing: identity.thing, home: o.home, board: SIM_BOARD, version: () => version, say });
+    const result = await demoUpdate({ standin, broker: standin ? undefined : service, thing: identity.thing, home: o.home, board: SIM_BOARD, version: () => version, say });
     updateOk = result.updated && result.downgradeRefused;
     // Ring once more on the new firmware.
-    while (!firmware.doorbell.link.online) await new Promise((r) => setTimeout(r, 20));
+    const back = Date.now() + o.onlineTimeoutMs;
+    while (!firmware.doorbell.link.online && Date.now() < back) await new Promise((r) => setTimeout(r, 20));
+    if (!firmware.doorbell.link.online) say(`device did not come back online within ${o.onlineTimeoutMs / 1000} s after the update`);
     say("button pressed (on the updated firmware)");
     button.press();
   }
 
   const shutdown = async () => {
-    apps.close();
+    await apps.close();
     await viewer.close?.();
-    firmware.stop();
-    await cryptoWorker.close();
-    await cloud.close();
-    await standin.close();
+    await stopAll();
   };
 
   /** What a rogue module inside the firmware would do: open a connection somewhere nobody chose. */
@@ -264,7 +336,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   }
 
   const deviceBoxPublicKey = nacl.box.keyPair.fromSecretKey(deviceBoxSecretFromSeed(identity.signingSeed)).publicKey;
-  const webApp = await startWebApp({
+  const webApp = !standin ? undefined : await startWebApp({
     standin, home: o.home, thing: identity.thing, deviceSignPublicKey: identity.publicKey, deviceBoxPublicKey,
     handOver: async (owner) => {
       const r = await apps.handOver(owner);
@@ -275,8 +347,12 @@ export async function runSimulator(o: SimOptions): Promise<number> {
       return r;
     },
   });
-  say(`owner web app: ${webApp.origin}/ (MQTT over WSS at ${webApp.wss.url}; the page is served with the dev server certificate: trust ${pki.ca.certPath} in the browser or accept the warning)`);
-  say(`  take the doorbell over in a browser, once: ${webApp.setupUrl}`);
+  if (webApp) {
+    say(`owner web app: ${webApp.origin}/ (MQTT over WSS at ${webApp.wss.url}; the page is served with the dev server certificate: trust ${pki.ca.certPath} in the browser or accept the warning)`);
+    say(`  take the doorbell over in a browser, once: ${webApp.setupUrl}`);
+  } else {
+    say("owner web app: not served with --broker (its WebSocket listener is the stand-in's)");
+  }
 
   const server = http.createServer((req, res) => {
     if (req.method === "POST" && req.url === "/press") {
@@ -311,7 +387,7 @@ export async function runSimulator(o: SimOptions): Promise<number> {
   });
   rl.close();
   server.close();
-  await webApp.close();
+  await webApp?.close();
   await shutdown();
   return 0;
 }
@@ -328,14 +404,15 @@ async function provisionSimulatedDevice(o: SimOptions, say: (line: string) => vo
     env: process.env,
   };
   const bundle = path.join(o.home, "bundles", `${o.thing}.json`);
-  if ((await provisionCli(["create", "--home", o.home, "--thing", o.thing, "--wifi-ssid", "doorward-sim", "--wifi-password-stdin", "--out", bundle, "--force"], io)) !== 0) throw new Error("provisioning: create failed");
+  // With a broker of the user's own, the bundle names it; its dev certificate must be trusted there (tools/mosquitto.ts does).
+  const endpoint = o.broker ? ["--endpoint", `${o.broker.host}:${o.broker.port}`] : [];
+  if ((await provisionCli(["create", "--home", o.home, "--thing", o.thing, "--wifi-ssid", "doorward-sim", "--wifi-password-stdin", ...endpoint, "--out", bundle, "--force"], io)) !== 0) throw new Error("provisioning: create failed");
   if ((await provisionCli(["feed", "--home", o.home, "--bundle", bundle], io)) !== 0) throw new Error("provisioning: feed failed");
 }
 
 /** The owner's phone and a guest's phone, talking to the device through the cloud relay. */
-async function connectApps(o: SimOptions, pki: Awaited<ReturnType<typeof ensureDevPki>>, port: number, firmware: RunningFirmware) {
-  const client = mqtt.connect({ protocol: "mqtts", host: "127.0.0.1", port, servername: "localhost", clientId: `${pki.service.name}-apps`, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem, reconnectPeriod: 1000 });
-  await new Promise<void>((resolve, reject) => { client.once("connect", () => resolve()); client.once("error", reject); });
+async function connectApps(o: SimOptions, service: BrokerSettings, firmware: RunningFirmware) {
+  const { client } = await joinBroker(service, { suffix: "apps" });
   const thing = firmware.identity.thing;
   const link = new AppLink(client, thing);
   await link.start();
@@ -389,9 +466,9 @@ async function connectApps(o: SimOptions, pki: Awaited<ReturnType<typeof ensureD
       ring();
       await new Promise((r) => setTimeout(r, 300));
     },
-    close() {
+    close(): Promise<void> {
       link.close();
-      client.end(true);
+      return closeClient(client);
     },
   };
   return api;

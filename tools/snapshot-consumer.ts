@@ -25,6 +25,7 @@ import path from "node:path";
 import { performance } from "node:perf_hooks";
 import type { MqttClient } from "mqtt";
 import { connectService, type CloudConsumer, type CloudOptions } from "./cloud";
+import { closeClient } from "./lib/broker";
 import type { DoorEvent } from "../modules/core/events";
 import type { Keyring } from "../modules/core/access";
 import { bytesEqual, toBase64Url, wipe } from "../modules/core/bytes";
@@ -362,7 +363,7 @@ export class SnapshotConsumer {
 
   close(): Promise<void> {
     clearInterval(this.#timer);
-    return new Promise((resolve) => (this.#client ? this.#client.end(true, {}, () => resolve()) : resolve()));
+    return this.#client ? closeClient(this.#client) : Promise.resolve();
   }
 
   #result(r: SnapshotResult): void {

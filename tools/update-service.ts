@@ -25,6 +25,7 @@
  * signed update and then a refused downgrade.
  */
 import type { Standin, StandinMessage } from "./standin";
+import { joinBroker, type BrokerSettings } from "./lib/broker";
 import { makeSimImage } from "../modules/host/update-sink";
 import { ensureDevReleaseKey, signImage, type ReleaseKey } from "./release";
 import { FIRMWARE_OPERATION, KEYS_OPERATION } from "../modules/core/update";
@@ -129,6 +130,28 @@ export class UpdateService {
     };
     standin.on("message", onMessage);
     service.#detach = () => standin.off("message", onMessage);
+    return service;
+  }
+
+  /**
+   * Play Jobs and streams on a broker of the user's own, as the service identity:
+   * requests from every thing in through $aws/things/+/jobs/# and /streams/#,
+   * answers published back. The broker's policy (tools/mosquitto.ts) decides who
+   * may send what; the service's own answers come back on the same filters and
+   * are not requests, so handle() passes them by.
+   */
+  static async join(settings: BrokerSettings, options: { log?: (line: string) => void } = {}): Promise<UpdateService> {
+    let service!: UpdateService;
+    const connection = await joinBroker(settings, {
+      suffix: "jobs",
+      subscribe: ["$aws/things/+/jobs/#", "$aws/things/+/streams/#"],
+      onMessage: (topic, payload) => service.handle(topic, payload),
+    });
+    service = new UpdateService({
+      deliver: (topic, payload, qos) => new Promise<void>((resolve, reject) => connection.client.publish(topic, Buffer.from(payload), { qos }, (e) => (e ? reject(e) : resolve()))),
+      log: options.log,
+    });
+    service.#detach = () => void connection.close();
     return service;
   }
 
@@ -400,7 +423,9 @@ export class UpdateService {
 // ------------------------------------------------------------------ npm start demo
 
 export interface DemoOptions {
-  standin: Standin;
+  /** Where the Jobs service plays: inside this stand-in, or (without one) on `broker` as the service identity. */
+  standin?: Standin;
+  broker?: BrokerSettings;
   thing: string;
   /** Simulator home: the dev release key lives in <home>/release (the device must trust it: builtInKeys(ensureDevReleaseKey(home))). */
   home: string;
@@ -432,7 +457,8 @@ export interface DemoResult {
 export async function demoUpdate(o: DemoOptions): Promise<DemoResult> {
   const say = o.say ?? ((line: string) => process.stdout.write(line + "\n"));
   const key = o.key ?? ensureDevReleaseKey(o.home);
-  const service = o.service ?? UpdateService.attach(o.standin);
+  const service = o.service ?? (o.standin ? UpdateService.attach(o.standin) : o.broker ? await UpdateService.join(o.broker) : undefined);
+  if (!service) throw new Error("update demo: needs the stand-in or a broker to play AWS IoT Jobs on");
   const timeoutMs = o.timeoutMs ?? 60_000;
   const stamp = Date.now().toString(36);
   try {
@@ -452,7 +478,7 @@ export async function demoUpdate(o: DemoOptions): Promise<DemoResult> {
     while (o.version() !== to && Date.now() < deadline && done.status === "SUCCEEDED") await new Promise((r) => setTimeout(r, 50));
     const updated = done.status === "SUCCEEDED" && o.version() === to;
     say(updated
-      ? `update: ✔ device now runs version ${to} (was ${from}); job ${done.status}; ${(bytesPerSecond / 1024).toFixed(0)} KiB/s over the stand-in`
+      ? `update: ✔ device now runs version ${to} (was ${from}); job ${done.status}; ${(bytesPerSecond / 1024).toFixed(0)} KiB/s over ${o.standin ? "the stand-in" : "the broker"}`
       : `update: ✘ job ${done.status} ${JSON.stringify(done.statusDetails)}; device runs version ${o.version()}`);
 
     const older = Math.max(1, o.version() - 1);

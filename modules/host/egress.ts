@@ -169,10 +169,19 @@ export function manifestAllowlist(platform: string, manifestPath = MANIFEST_PATH
   return parseEgressConfig(manifestConfig(platform, manifestPath));
 }
 
-/** The simulator's egress: the manifest's development allowlist plus the stand-in on its current loopback port. */
-export function simulatorEgress(options: { standinPort: number; log?: Log; lookup?: LookupFunction; manifestPath?: string }): HostEgress {
-  const base = manifestAllowlist("lin", options.manifestPath);
-  const allowlist = withDevelopmentEntries(base, [{ host: "127.0.0.1", port: options.standinPort, purpose: "mqtt" }]);
+/**
+ * The simulator's egress: the manifest's development allowlist plus the broker
+ * of this run: the stand-in on its current loopback port, or the broker the
+ * user named (the endpoint the simulated device was provisioned for).
+ */
+export function simulatorEgress(options: { standinPort?: number; broker?: { host: string; port: number }; log?: Log; lookup?: LookupFunction; manifestPath?: string }): HostEgress {
+  const broker = options.broker ?? (options.standinPort === undefined ? undefined : { host: "127.0.0.1", port: options.standinPort });
+  if (!broker) throw new EgressConfigError("egress: the simulator needs a broker (the stand-in's port or the user's endpoint)");
+  const local = normaliseHost(broker.host);
+  // A broker elsewhere is what a lin build with broker=<host> carries; one on this machine is a development entry.
+  const allowlist = local.ok && (local.host === "127.0.0.1" || local.host === "localhost")
+    ? withDevelopmentEntries(manifestAllowlist("lin", options.manifestPath), [{ host: local.host, port: broker.port, purpose: "mqtt" }])
+    : parseEgressConfig({ ...manifestConfig("lin", options.manifestPath), broker: broker.host, brokerPort: broker.port });
   return new HostEgress(new EgressGuard(allowlist, { log: options.log }), { lookup: options.lookup });
 }
 

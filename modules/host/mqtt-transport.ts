@@ -14,6 +14,7 @@
 import type { MqttClient } from "mqtt";
 import type { MqttHandlers, MqttTransport } from "../core/ports";
 import { HostEgress, loopbackEgress } from "./egress";
+import { describeMqttFailure } from "./mqtt-failure";
 
 /** Reported with every refusal: which module asked. */
 export const REQUESTER = "host/mqtt-transport";
@@ -73,7 +74,8 @@ export class HostMqttTransport implements MqttTransport {
     this.#client = client;
     client.on("connect", () => handlers.onConnect());
     client.on("message", (topic, payload) => handlers.onMessage(topic, new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength)));
-    client.on("error", (e) => (lastError = e.message));
+    // Name the refusal (certificate, CONNACK, unreachable) so the link's status says which broker refused what.
+    client.on("error", (e) => (lastError = describeMqttFailure(`${o.host}:${o.port}`, e).message));
     client.on("close", () => {
       if (closed) return;
       closed = true;
@@ -110,12 +112,19 @@ export class HostMqttTransport implements MqttTransport {
     });
   }
 
+  /** Ends the session with DISCONNECT, so the broker closes it cleanly and fires no will; the socket is dropped if that takes over 2 s. */
   close(): void {
     this.#attempt = undefined;
     const client = this.#client;
     this.#client = undefined;
     this.#failPending(new Error("transport closed"));
-    client?.end(true);
+    if (!client) return;
+    if (!client.connected) {
+      client.end(true);
+      return;
+    }
+    const late = setTimeout(() => client.end(true), 2000);
+    client.end(false, {}, () => clearTimeout(late));
   }
 
   #failPending(error: Error): void {
