@@ -32,6 +32,7 @@ const COMMANDS: Record<string, string> = {
   "tools/pki.ts": "pki",
   "tools/provision.ts": "provision",
   "tools/release.ts": "release",
+  "tools/sbom.ts": "sbom",
   "tools/sim-device.ts": "sim-device",
   "tools/simulator.ts": "simulator",
   "tools/snapshot-consumer.ts": "snapshot-consumer",
