@@ -44,6 +44,7 @@ import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import tty from "node:tty";
 import { fileURLToPath } from "node:url";
 import nacl from "tweetnacl";
 import ts from "typescript";
@@ -377,7 +378,10 @@ async function provision(p: Parsed, io: CliIo): Promise<number> {
   const stty = spawnSync("stty", [process.platform === "darwin" ? "-f" : "-F", port, "115200", "raw", "-echo"], { encoding: "utf8" });
   if (stty.status !== 0) throw new SetupError(`cannot configure ${port}: ${(stty.stderr || stty.error?.message || "stty failed").trim()} (are you in the dialout group?)`);
   const fd = fs.openSync(port, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
-  const stream = fs.createReadStream("", { fd, autoClose: false });
+  // A tty stream polls the port. fs.createReadStream would park a blocking read() in Node's thread
+  // pool, and a port that never answers would then keep the process alive after its error.
+  const stream = new tty.ReadStream(fd);
+  io.out(`talking to the device on ${port}: HELLO, up to 4 tries 3 s apart ...`);
   const queue: Reply[] = [];
   const waiting: Array<(r: Reply | undefined) => void> = [];
   let partial = "";
@@ -426,8 +430,7 @@ async function provision(p: Parsed, io: CliIo): Promise<number> {
     return 0;
   } finally {
     bytes.fill(0);
-    stream.destroy();
-    fs.closeSync(fd);
+    stream.destroy(); // closes fd
   }
 }
 

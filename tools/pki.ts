@@ -93,6 +93,8 @@ export interface IssueOptions {
   /** Custom validity (implies fresh), e.g. an expired certificate for a negative test. */
   notBefore?: Date;
   notAfter?: Date;
+  /** Told before each RSA key is generated (seconds each on a busy machine), so a first run is not silent. */
+  progress?: (line: string) => void;
 }
 
 const RSA_GEN: webcrypto.RsaHashedKeyGenParams = {
@@ -190,7 +192,7 @@ async function generateKeys(): Promise<{ keys: CryptoKeyPair; keyPem: string; ke
 }
 
 /** Load the CA in `caDir`, or create it if missing, unreadable or near expiry. */
-async function loadOrCreateAuthority(caDir: string, commonName: string): Promise<{ ca: Authority; created: boolean }> {
+async function loadOrCreateAuthority(caDir: string, commonName: string, progress?: (line: string) => void): Promise<{ ca: Authority; created: boolean }> {
   await mkdir(caDir, { recursive: true, mode: 0o700 });
   const certPath = path.join(caDir, "ca.cert.pem");
   const keyPath = path.join(caDir, "ca.key.pem");
@@ -205,6 +207,7 @@ async function loadOrCreateAuthority(caDir: string, commonName: string): Promise
   } catch {
     // missing or unreadable: fall through and create
   }
+  progress?.(`generating an RSA-2048 key for the ${commonName} in ${caDir}`);
   const { keys, keyPem } = await generateKeys();
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
@@ -273,8 +276,9 @@ async function issue(
   base: string,
   role: Exclude<CertificateRole, "ca">,
   cn: string,
-  validity: { notBefore?: Date; notAfter?: Date } = {},
+  validity: { notBefore?: Date; notAfter?: Date; progress?: (line: string) => void } = {},
 ): Promise<Credentials> {
+  validity.progress?.(`generating an RSA-2048 key for the ${role === "thing" ? `thing ${cn}` : role === "server" ? "stand-in's server certificate" : `cloud service ${cn}`}`);
   const { keys, keyPem, keyDer } = await generateKeys();
   const now = Date.now();
   const server = role === "server";
@@ -339,12 +343,13 @@ function withCa(creds: Credentials, ca: Authority): IssuedCredentials {
  * Layout: ca.cert.pem ca.cert.der ca.key.pem server.{cert,key}.pem service.{cert,key}.pem
  * things/<thing>.{cert,key}.{pem,der} rogue/...
  */
-export async function ensureDevPki(dir: string): Promise<DevPki> {
+export async function ensureDevPki(dir: string, options: { progress?: (line: string) => void } = {}): Promise<DevPki> {
   const root = path.resolve(dir);
+  const progress = options.progress;
   return withLock(root, async () => {
-    const { ca, created } = await loadOrCreateAuthority(root, "Doorward Dev Root CA");
-    const server = await obtain(ca, path.join(root, "server"), "server", "localhost", { fresh: created });
-    const service = await obtain(ca, path.join(root, "service"), "service", SERVICE_NAME, { fresh: created });
+    const { ca, created } = await loadOrCreateAuthority(root, "Doorward Dev Root CA", progress);
+    const server = await obtain(ca, path.join(root, "server"), "server", "localhost", { fresh: created, progress });
+    const service = await obtain(ca, path.join(root, "service"), "service", SERVICE_NAME, { fresh: created, progress });
     const caCreds = credentialsFrom("ca", "Doorward Dev Root CA", ca.certPem, "", ca.certPath, ca.keyPath);
     return { dir: root, ca: caCreds, server, service, created };
   });
@@ -359,7 +364,7 @@ export async function issueThingCredentials(dir: string, thingName: string, opti
   if (!isThingName(thingName)) throw new TypeError(`not a thing name: ${JSON.stringify(thingName)}`);
   const root = path.resolve(dir);
   return withLock(root, async () => {
-    const { ca } = await loadOrCreateAuthority(root, "Doorward Dev Root CA");
+    const { ca } = await loadOrCreateAuthority(root, "Doorward Dev Root CA", options.progress);
     await mkdir(path.join(root, "things"), { recursive: true, mode: 0o700 });
     const creds = await obtain(ca, path.join(root, "things", thingName), "thing", thingName, options);
     return withCa(creds, ca);
@@ -418,14 +423,15 @@ seconds per key), reused afterwards. Prints where each file is.
 runAsEntry(import.meta.url, CLI, async ({ values }) => {
   const dir = path.resolve(values.dir ?? path.join(path.dirname(fileURLToPath(import.meta.url)), "..", ".doorward", "pki"));
   for (const thing of values.thing ?? []) if (!isThingName(thing)) throw new UserError(`not a thing name: ${JSON.stringify(thing)} (1-128 of [a-zA-Z0-9:_-])`);
-  const pki = await ensureDevPki(dir);
   const out = (line: string) => process.stdout.write(line + "\n");
+  const progress = (line: string) => out(`${line} ...`);
+  const pki = await ensureDevPki(dir, { progress });
   out(`PKI directory ${pki.dir}${pki.created ? " (created now)" : ""}`);
   out(`  CA certificate       ${pki.ca.certPath}`);
   out(`  server certificate   ${pki.server.certPath} (SAN localhost, 127.0.0.1)`);
   out(`  cloud service        ${pki.service.certPath} / ${pki.service.keyPath}`);
   for (const thing of values.thing ?? []) {
-    const creds = await issueThingCredentials(dir, thing);
+    const creds = await issueThingCredentials(dir, thing, { progress });
     out(`  thing ${thing.padEnd(14)} ${creds.certPath} / ${creds.keyPath} (DER alongside)`);
   }
   return 0;

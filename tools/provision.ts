@@ -39,6 +39,7 @@ import { openKeyFile, KeyFileError, writePrivateFile } from "../modules/host/key
 import { createHostLog } from "../modules/host/log";
 import { hostRandom } from "../modules/host/random";
 import { parseCommandLine, UserError as UsageError, wantsHelp } from "./lib/cli";
+import { refuseIfLocked } from "./lib/home-lock";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const DEFAULT_ENDPOINT = "localhost";
@@ -212,7 +213,7 @@ async function create(p: Parsed, home: string, io: CliIo): Promise<number> {
     source = "the given certificate and key";
   } else if (aws.length === 0) {
     const pkiDir = path.resolve(p.values.get("--pki") ?? path.join(home, "pki"));
-    const creds = await issueThingCredentials(pkiDir, thing);
+    const creds = await issueThingCredentials(pkiDir, thing, { progress: (line) => io.out(`${line} ...`) });
     cert = creds.certDer;
     key = creds.keyDer;
     ca = creds.caDer;
@@ -229,9 +230,35 @@ async function create(p: Parsed, home: string, io: CliIo): Promise<number> {
   bytes.fill(0);
   key.fill(0);
   io.out(`bundle for ${thing} written to ${out} (mode 0600), with ${source}, endpoint ${endpoint}`);
-  io.out(`it holds secrets in plain form: feed it now, then it is erased:`);
-  io.out(`  npx tsx tools/provision.ts feed --bundle ${out}${p.values.has("--home") ? ` --home ${home}` : ""}`);
+  for (const line of nextSteps(out, aws.length === 3, p.values.has("--home") ? home : undefined)) io.out(line);
   return 0;
+}
+
+/** Whether a client certificate was issued by the development CA of this home: a simulated device's, not a board's. */
+function fromDevCa(cert: Uint8Array, home: string): boolean {
+  const caFile = path.join(home, "pki", "ca.cert.pem");
+  try {
+    const ca = new X509Certificate(fs.readFileSync(caFile));
+    const c = new X509Certificate(Buffer.from(cert));
+    return c.checkIssued(ca) && c.verify(ca.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+/** Where a new bundle can go, each way erasing it once the device has it. */
+function nextSteps(bundle: string, forBoard: boolean, home: string | undefined): string[] {
+  if (forBoard) {
+    return [
+      `it holds secrets in plain form and is for a board: send it over USB, which erases it afterwards:`,
+      `  npm run provision -- --port <tty> --bundle ${bundle}`,
+    ];
+  }
+  return [
+    `it holds secrets in plain form: give it to one device, which erases it afterwards:`,
+    `  the simulated device of npm start:  npx tsx tools/provision.ts feed --bundle ${bundle}${home ? ` --home ${home}` : ""}`,
+    `  Moddable's simulator (npm run sim:lin):  npm run provision:sim -- --bundle ${bundle}`,
+  ];
 }
 
 async function readPassphrase(p: Parsed, io: CliIo): Promise<string> {
@@ -337,12 +364,21 @@ function deviceLog(io: CliIo): Log {
 async function feed(p: Parsed, home: string, io: CliIo): Promise<number> {
   allowOnly(p, ["--bundle", "--keep", "--thing"]);
   const source = need(p, "--bundle");
+  refuseIfLocked(home);
   // Bounded: a device file such as /dev/zero, or a pipe that never closes, is refused, not read forever.
   const bytes = source === "-" ? await io.readStdin(BUNDLE_MAX_BYTES) : readBounded(source, BUNDLE_MAX_BYTES, `bundle ${source}`);
   if (bytes.length > BUNDLE_MAX_BYTES) throw new UsageError(`the bundle is larger than ${BUNDLE_MAX_BYTES} bytes`);
-  const thing = parseBundle(bytes).thing;
+  const parsed = parseBundle(bytes);
+  const thing = parsed.thing;
   const expected = p.values.get("--thing");
   if (expected !== undefined && expected !== thing) throw new UsageError(`the bundle is for ${thing}, not ${expected}`);
+  if (!fromDevCa(parsed.cert, home)) {
+    bytes.fill(0);
+    throw new UsageError(
+      `the bundle's certificate is not from the development CA in ${path.join(home, "pki")} (AWS-issued, for a board?), so it is not for the simulated device; ` +
+        `it was left as it was. Send it to the board: npm run provision -- --port <tty> --bundle ${source === "-" ? "FILE" : source}`,
+    );
+  }
   const device = openSimulatedDevice({ home, thing, log: deviceLog(io), warn: io.err });
   const before = device.provisioning.status();
   if (before.provisioned) {
@@ -416,10 +452,11 @@ function reset(p: Parsed, home: string, io: CliIo): number {
   allowOnly(p, ["--thing", "--yes"]);
   const thing = need(p, "--thing");
   if (!p.flags.has("--yes")) throw new UsageError(`reset erases every secret of ${thing} (Wi-Fi, keys, certificates) and everything it wrote (queued events, counters): add --yes to confirm`);
+  refuseIfLocked(home);
   const device = openSimulatedDevice({ home, thing, log: deviceLog(io), warn: io.err });
   const count = device.vault.list().length + device.vault.status().damaged.length;
   device.provisioning.factoryReset();
-  io.out(`${thing}: factory reset, ${count} secrets wiped; it now waits for a new bundle`);
+  io.out(`${thing}: factory reset, ${count} secrets wiped; it now waits for a new bundle (npm start provisions it again by itself)`);
   return 0;
 }
 

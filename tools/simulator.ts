@@ -44,7 +44,8 @@ import { startStandin, type Standin } from "./standin";
 import { BROKER_OPTIONS, BROKER_USAGE, brokerFromFlags, brokerName, closeClient, joinBroker, type BrokerSettings } from "./lib/broker";
 import { DEFAULT_ENDPOINT } from "./provision";
 import { CloudConsumer } from "./cloud";
-import { devicePaths, main as provisionCli } from "./provision";
+import { devicePaths, main as provisionCli, openSimulatedDevice } from "./provision";
+import { lockHome } from "./lib/home-lock";
 import { AppLink, OwnerApp, UserApp, createUserKeys, keysFromJson, type AppKeys } from "./owner-app";
 import { startWebApp, type HandOverResult } from "./webapp";
 import type { AccessUser } from "../modules/core/access";
@@ -53,6 +54,8 @@ import { intOption, portOption, runAsEntry, type Parsed } from "./lib/cli";
 import { pemOf as pem } from "../modules/host/pem";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const DEFAULT_HOME = path.join(REPO, ".doorward");
+const PROMPT_HELP = "press Enter to ring · a: owner adds a guest · v: guest asks for a snapshot · r: owner revokes the guest · p: firmware tries to phone home · s: status · h: this help · q: quit";
 
 interface SimOptions {
   home: string;
@@ -105,7 +108,7 @@ ${BROKER_USAGE}`,
 function simOptions(args: Parsed<typeof CLI.options>): SimOptions {
   const v = args.values;
   return {
-    home: path.resolve(v.home ?? process.env.DOORWARD_HOME ?? path.join(REPO, ".doorward")),
+    home: path.resolve(v.home ?? process.env.DOORWARD_HOME ?? DEFAULT_HOME),
     thing: v.thing ?? process.env.DOORWARD_THING ?? "doorward-sim-1",
     rings: intOption("rings", v.rings, { min: 0, max: 1_000_000 }, 1),
     exit: v.exit ?? false,
@@ -121,8 +124,20 @@ function simOptions(args: Parsed<typeof CLI.options>): SimOptions {
 
 export async function runSimulator(o: SimOptions): Promise<number> {
   const say = (line: string) => process.stdout.write(line + "\n");
+  // Before anything else: a second simulator on this home would run the same device.
+  const lock = lockHome(o.home);
+  if (lock.staleFrom !== undefined) say(`(a simulator that is no longer running, pid ${lock.staleFrom}, had left ${lock.file} behind; taken over)`);
+  try {
+    return await runLocked(o, say);
+  } finally {
+    lock.release();
+  }
+}
+
+async function runLocked(o: SimOptions, say: (line: string) => void): Promise<number> {
   const pkiDir = path.join(o.home, "pki");
-  const pki = await ensureDevPki(pkiDir);
+  if (!fs.existsSync(path.join(pkiDir, "ca.cert.pem"))) say(`first run: making the development PKI in ${pkiDir} (RSA-2048 keys: a few seconds each on a busy machine)`);
+  const pki = await ensureDevPki(pkiDir, { progress: (line) => say(`  ${line} ...`) });
   let standin: Standin | undefined;
   let service: BrokerSettings;
   if (o.broker) {
@@ -139,9 +154,11 @@ export async function runSimulator(o: SimOptions): Promise<number> {
       ? { host: "127.0.0.1", port: standin.port, servername: "localhost" }
       : { host: id.endpoint.host, port: id.endpoint.port ?? 8883, servername: /^[\d.]+$|:/.test(id.endpoint.host) ? undefined : id.endpoint.host };
 
-  // First run: provision the simulated device over its local channel, as a maker would with tools/provision.ts.
+  // An unprovisioned device (first run, or after provision.ts reset) is provisioned over its local
+  // channel, as a maker would with tools/provision.ts. A damaged one is left for the maker to reset.
   const paths = devicePaths(o.home, o.thing);
-  if (!fs.existsSync(paths.vaultDir)) await provisionSimulatedDevice(o, say);
+  const before = fs.existsSync(paths.keyFile) ? openSimulatedDevice({ home: o.home, thing: o.thing, log: () => {}, warn: () => {} }).provisioning.status().state : "unprovisioned";
+  if (before === "unprovisioned") await provisionSimulatedDevice(o, say, fs.existsSync(paths.keyFile) ? "it was reset" : "first run");
 
   const clock = createHostClock();
   const button = new SimulatedButton();
@@ -187,7 +204,8 @@ export async function runSimulator(o: SimOptions): Promise<number> {
     });
     if (booted.state !== "running") {
       say(`device is ${booted.state}: ${booted.status.message}`);
-      say(`provision it again: npx tsx tools/provision.ts reset --thing ${o.thing} --yes, then npm start`);
+      // Only a damaged device gets here: an unprovisioned one was provisioned above. A reset makes it unprovisioned.
+      say(`start it over: npx tsx tools/provision.ts reset --thing ${o.thing} --yes${o.home === DEFAULT_HOME ? "" : ` --home ${o.home}`}, then npm start again (it provisions the reset device by itself)`);
       return undefined;
     }
     flash.slots.onRestart = () => {
@@ -369,18 +387,20 @@ export async function runSimulator(o: SimOptions): Promise<number> {
       resolve();
     });
   });
-  say("press Enter to ring · a: owner adds a guest · v: guest asks for a snapshot · r: owner revokes the guest · p: firmware tries to phone home · s: status · q: quit");
+  say(PROMPT_HELP);
   const rl = readline.createInterface({ input: process.stdin });
   await new Promise<void>((resolve) => {
     rl.on("line", (line) => {
       const cmd = line.trim();
-      if (cmd === "q") resolve();
+      if (cmd === "") button.press();
+      else if (cmd === "q") resolve();
       else if (cmd === "s") say(JSON.stringify({ ...firmware.status(), version, verified, rejected }));
       else if (cmd === "a") void apps.addGuest(say);
       else if (cmd === "v") void apps.guestCommand(say);
       else if (cmd === "r") void apps.revokeGuest(say);
       else if (cmd === "p") phoneHome();
-      else button.press();
+      // Anything else is a typo or a question, not a visitor: it does not ring.
+      else say(`${cmd === "h" || cmd === "help" || cmd === "?" ? "" : `"${cmd}" is not a key here (no ring). `}${PROMPT_HELP}`);
     });
     rl.on("close", resolve);
     process.once("SIGINT", resolve);
@@ -393,8 +413,8 @@ export async function runSimulator(o: SimOptions): Promise<number> {
 }
 
 /** The local provisioning channel of the simulator: a bundle made by tools/provision.ts, fed once. */
-async function provisionSimulatedDevice(o: SimOptions, say: (line: string) => void): Promise<void> {
-  say(`provisioning ${o.thing} (first run): dev certificate from the local CA, a random simulated Wi-Fi passphrase, a development owner`);
+async function provisionSimulatedDevice(o: SimOptions, say: (line: string) => void, why: string): Promise<void> {
+  say(`provisioning ${o.thing} (${why}): dev certificate from the local CA, a random simulated Wi-Fi passphrase, a development owner`);
   const passphrase = new Uint8Array(18);
   hostRandom.fill(passphrase);
   const io = {
@@ -403,10 +423,12 @@ async function provisionSimulatedDevice(o: SimOptions, say: (line: string) => vo
     readStdin: async () => new TextEncoder().encode(toBase64Url(passphrase)),
     env: process.env,
   };
+  // create's next-step hints are for a person; the simulator takes that step itself, right below.
+  const createIo = { ...io, out: (line: string) => { if (/ \.\.\.$/.test(line) || /^bundle for /.test(line)) io.out(line); } };
   const bundle = path.join(o.home, "bundles", `${o.thing}.json`);
   // With a broker of the user's own, the bundle names it; its dev certificate must be trusted there (tools/mosquitto.ts does).
   const endpoint = o.broker ? ["--endpoint", `${o.broker.host}:${o.broker.port}`] : [];
-  if ((await provisionCli(["create", "--home", o.home, "--thing", o.thing, "--wifi-ssid", "doorward-sim", "--wifi-password-stdin", ...endpoint, "--out", bundle, "--force"], io)) !== 0) throw new Error("provisioning: create failed");
+  if ((await provisionCli(["create", "--home", o.home, "--thing", o.thing, "--wifi-ssid", "doorward-sim", "--wifi-password-stdin", ...endpoint, "--out", bundle, "--force"], createIo)) !== 0) throw new Error("provisioning: create failed");
   if ((await provisionCli(["feed", "--home", o.home, "--bundle", bundle], io)) !== 0) throw new Error("provisioning: feed failed");
 }
 
