@@ -184,9 +184,11 @@ test("nonce precomputation waits for the entropy source; signatures meanwhile ar
   const bundle = { thing: "porch-entropy", wifi: { ssid: "Home", password: "a long passphrase" }, endpoint: "localhost", cert: c.certDer, key: c.keyDer, ca: c.caDer, owner: { signKey: nacl.sign.keyPair().publicKey, boxKey: nacl.box.keyPair().publicKey } };
   const flash = { vaultStore: new MemoryStore(), store: new MemoryStore() };
   const clock = new ManualClock();
-  let ready = false;
+  // Provisioning happens while the boot-time source runs; it is handed back when Wi-Fi starts, until the radio is up.
+  let ready = true;
   const ports = { clock, random: hostRandom, ...flash, keys, log: () => {}, transport: (_: DeviceIdentity) => transport(), entropyReady: () => ready, chipLock: { build: { release: true, secureVersion: 1 }, read: () => s3ChipState(S3_LOCKED) } };
   (bootFirmware(ports) as WaitingFirmware).provisioning.accept(encodeBundle(bundle));
+  ready = false;
   const fw = bootFirmware(ports) as RunningFirmware;
   t.is(fw.state, "running", "a locked chip in a release build runs");
   for (let i = 0; i < 20; i++) {

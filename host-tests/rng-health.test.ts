@@ -187,3 +187,25 @@ test("PoC: a stuck RNG with the boot counter written back never signs two events
   t.not(toHex(a.subarray(0, 32)), toHex(b.subarray(0, 32)), "R is not shared");
   t.true(first.logs.some((l) => l.startsWith("error RNG failed its health tests")));
 });
+
+test("no device key from a stuck RNG or before the entropy source runs: provisioning refuses, and a good RNG then succeeds", async (t) => {
+  const { Vault } = await import("../modules/core/vault");
+  const { Provisioning, ProvisioningError, encodeBundle } = await import("../modules/core/provisioning");
+  const { issueThingCredentials } = await import("../tools/pki");
+  const fs = await import("node:fs");
+  const os = await import("node:os");
+  const path = await import("node:path");
+  const c = await issueThingCredentials(fs.mkdtempSync(path.join(os.tmpdir(), "dw-rng-pki-")), "porch-rng");
+  const bundle = encodeBundle({ thing: "porch-rng", wifi: { ssid: "Home", password: "a long passphrase" }, endpoint: "localhost", cert: c.certDer, key: c.keyDer, ca: c.caDer, owner: { signKey: nacl.sign.keyPair().publicKey, boxKey: nacl.box.keyPair().publicKey } });
+  const store = new MemoryStore();
+  const keys = { storageKey: () => new Uint8Array(32).fill(4) };
+  const stuck = new Provisioning({ vault: Vault.open({ store, keys, random: hostRandom }), random: constant(0) });
+  t.throws(() => stuck.accept(bundle), { instanceOf: ProvisioningError, message: /RNG failed its health tests/ });
+  let ready = false;
+  const early = new Provisioning({ vault: Vault.open({ store, keys, random: hostRandom }), random: hostRandom, entropyReady: () => ready });
+  t.throws(() => early.accept(bundle), { instanceOf: ProvisioningError, message: /no true entropy source/ });
+  t.is(early.status().state, "unprovisioned");
+  ready = true;
+  t.is(early.accept(bundle).thing, "porch-rng");
+  t.is(early.status().state, "provisioned");
+});

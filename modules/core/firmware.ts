@@ -149,7 +149,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
   if (ports.chipLock) checkChipLock(ports.chipLock, log);
   const vault = Vault.open({ store: ports.vaultStore, keys: ports.keys, random: ports.random, log, sha512: ports.sha512 });
   // Before anything reads the store: an interrupted factory reset is finished here.
-  const provisioning = new Provisioning({ vault, random: ports.random, log, store: ports.store });
+  const provisioning = new Provisioning({ vault, random: ports.random, log, store: ports.store, entropyReady: ports.entropyReady });
   const status = provisioning.status();
   if (!status.provisioned) {
     log(status.state === "damaged" ? "error" : "warn", status.message, { state: status.state });

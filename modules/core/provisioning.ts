@@ -32,6 +32,7 @@
 import nacl from "tweetnacl";
 import type { KeyValueStore, Log, Random } from "./ports";
 import { UPDATE_KV } from "./update-protocol";
+import { RngHealth } from "./rng-health";
 import { fromBase64Url, toBase64Url, utf8Decode, utf8Encode, wipe } from "./bytes";
 import { isThingName } from "./topics";
 import { jsonNestsDeeper } from "./canonical";
@@ -131,6 +132,8 @@ export interface ProvisioningOptions {
    * factory reset erases that too, and an interrupted one is finished here.
    */
   store?: KeyValueStore;
+  /** False while no true entropy source feeds `random`: no device key is made then. */
+  entropyReady?: () => boolean;
 }
 
 export class Provisioning {
@@ -138,12 +141,14 @@ export class Provisioning {
   #random: Random;
   #log: Log;
   #store: KeyValueStore | undefined;
+  #entropyReady: (() => boolean) | undefined;
 
   constructor(options: ProvisioningOptions) {
     this.#vault = options.vault;
     this.#random = options.random;
     this.#log = options.log ?? (() => {});
     this.#store = options.store;
+    this.#entropyReady = options.entropyReady;
     if (this.#store?.read(RESET_MARK) !== undefined) {
       this.#log("warn", "factory reset: finishing one cut short by power loss");
       this.#finishReset();
@@ -280,8 +285,15 @@ export class Provisioning {
       v.set(SECRET.publicKey, publicKey);
       return publicKey;
     }
+    // A device key lives for years: made only from a running entropy source, from bytes that pass the health tests.
+    if (this.#entropyReady && !this.#entropyReady()) {
+      throw new ProvisioningError("provisioning: no true entropy source runs yet, so no device key is made; restart the device and provision it before it joins Wi-Fi");
+    }
     const fresh = new Uint8Array(32);
-    this.#random.fill(fresh);
+    const health = new RngHealth();
+    if (!health.draw(this.#random, fresh)) {
+      throw new ProvisioningError(`provisioning: the RNG failed its health tests (${health.failure}); no device key is made from it`);
+    }
     const pair = nacl.sign.keyPair.fromSeed(fresh);
     v.set(SECRET.seed, fresh);
     v.set(SECRET.publicKey, pair.publicKey);
