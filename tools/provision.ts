@@ -391,6 +391,7 @@ async function feed(p: Parsed, home: string, io: CliIo): Promise<number> {
   if (source !== "-" && !p.flags.has("--keep")) erase(source);
   io.out(`${thing} provisioned${before.state === "damaged" ? " again (its damaged secrets were replaced)" : ""}; secrets stored encrypted in ${device.paths.vaultDir}`);
   io.out(`device public key (Ed25519, register it with the cloud): ${toHex(publicKey)}`);
+  io.out(`device box key (X25519, for the apps): ${toHex(device.provisioning.boxPublicKey()!)}`);
   if (source !== "-" && !p.flags.has("--keep")) io.out(`bundle ${source} erased`);
   return 0;
 }
@@ -445,6 +446,8 @@ function status(p: Parsed, home: string, io: CliIo): number {
   for (const d of s.damaged) io.out(`  damaged: ${d.name} (${d.reason})`);
   const publicKey = device.provisioning.publicKey();
   if (s.provisioned && publicKey) io.out(`  device public key: ${toHex(publicKey)}`);
+  const boxKey = s.provisioned ? device.provisioning.boxPublicKey() : undefined;
+  if (boxKey) io.out(`  device box key (X25519): ${toHex(boxKey)}`);
   return 0;
 }
 

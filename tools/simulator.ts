@@ -271,7 +271,7 @@ async function runLocked(o: SimOptions, say: (line: string) => void): Promise<nu
     }
   });
 
-  say(`doorbell ${identity.thing} boot=${firmware.doorbell.sequence.boot} device key ${toHex(identity.publicKey)} (secrets in its encrypted vault)`);
+  say(`doorbell ${identity.thing} boot=${firmware.doorbell.sequence.boot} device key ${toHex(identity.publicKey)} box key ${toHex(nacl.box.keyPair.fromSecretKey(deviceBoxSecretFromSeed(identity.signingSeed)).publicKey)} (secrets in its encrypted vault)`);
   let apps: Awaited<ReturnType<typeof connectApps>>;
   let viewer: Awaited<ReturnType<typeof attachSnapshotViewer>>;
   try {

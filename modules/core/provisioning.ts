@@ -36,7 +36,7 @@ import { RngHealth } from "./rng-health";
 import { fromBase64Url, toBase64Url, utf8Decode, utf8Encode, wipe } from "./bytes";
 import { isThingName } from "./topics";
 import { jsonNestsDeeper } from "./canonical";
-import { isUsableBoxKey } from "./access";
+import { deviceBoxSecretFromSeed, isUsableBoxKey } from "./access";
 import { Vault, VaultError, type DamagedSecret } from "./vault";
 
 /** Vault names of the identity secrets. */
@@ -241,6 +241,27 @@ export class Provisioning {
     } catch {
       return undefined;
     }
+  }
+
+  /**
+   * The device's X25519 public key, derived from its identity seed: registered
+   * next to the Ed25519 key, because apps derive their keys with it. One
+   * base-point multiplication (about 2 s on the device), so only on request.
+   */
+  boxPublicKey(): Uint8Array | undefined {
+    let seed: Uint8Array | undefined;
+    try {
+      seed = this.#vault.get(SECRET.seed);
+    } catch {
+      return undefined;
+    }
+    if (!seed) return undefined;
+    const secret = deviceBoxSecretFromSeed(seed);
+    wipe(seed);
+    const { publicKey, secretKey } = nacl.box.keyPair.fromSecretKey(secret);
+    wipe(secret);
+    wipe(secretKey);
+    return publicKey;
   }
 
   /**
