@@ -172,3 +172,25 @@ test("a thing registered again under a new key (a reset device) starts with fres
   const old = restarted.verify(event(9, 901));
   t.is(!old.ok && old.reason, "signature", "the old key no longer speaks for the thing");
 });
+
+test("verifier CLI: with --state a second run refuses the files the first accepted; a damaged state file is one clear line", async (t) => {
+  const { spawnSync } = await import("node:child_process");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dw-verifier-cli-"));
+  const files = [event(2, 1), event(2, 2)].map((p, i) => {
+    const f = path.join(dir, `e${i}.json`);
+    fs.writeFileSync(f, p);
+    return f;
+  });
+  const state = path.join(dir, "state.json");
+  const run = () => spawnSync(process.execPath, ["--import=tsx", "tools/verifier.ts", "--state", state, thing, Buffer.from(signer.publicKey).toString("hex"), ...files], { encoding: "utf8" });
+  const first = run();
+  t.is(first.status, 0, first.stderr + first.stdout);
+  t.regex(first.stdout, /e1\.json: ok ring boot=2 seq=2/);
+  const second = run();
+  t.is(second.status, 1);
+  t.regex(second.stdout, /e0\.json: REJECTED replay/);
+  fs.writeFileSync(state, "{not json");
+  const damaged = run();
+  t.is(damaged.status, 2);
+  t.regex(damaged.stderr, /state\.json: replay state: not JSON/);
+});

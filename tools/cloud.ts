@@ -10,7 +10,7 @@
 import type { MqttClient } from "mqtt";
 import { BROKER_OPTIONS, BROKER_USAGE, brokerFromFlags, brokerName, closeClient, joinBroker, type BrokerSettings } from "./lib/broker";
 import { MqttFailureError } from "../modules/host/mqtt-failure";
-import { EventVerifier, FileReplayState, type Verdict } from "./verifier";
+import { EventVerifier, FileReplayState, ReplayStateError, type Verdict } from "./verifier";
 import { openEnvelope } from "../modules/core/events";
 import { opensslVerify } from "./openssl-ed25519";
 import { TOPIC_ROOT } from "../modules/core/topics";
@@ -123,7 +123,7 @@ export class CloudConsumer {
 
 const CLI = {
   name: "cloud",
-  usage: `usage: npx tsx tools/cloud.ts (--port N [--host H] [--pki DIR] | broker options) [--key THING=HEX ...]
+  usage: `usage: npx tsx tools/cloud.ts (--port N [--host H] [--pki DIR] | broker options) [--key THING=HEX ...] [--state FILE]
 
 The reference cloud consumer on its own: connects to a running broker with the cloud
 service's identity, subscribes to every thing's events and prints one line per event,
@@ -135,10 +135,12 @@ printed as unknown). Runs until Ctrl-C. With --port, the local stand-in
   --host H          the broker's address (default 127.0.0.1)
   --pki DIR         where the CA and the service certificate are (default .doorward/pki)
   --key THING=HEX   a thing's Ed25519 public key (64 hex digits); repeatable
+  --state FILE      keep the replay marks in FILE across restarts (created if missing);
+                    without it a restarted consumer would accept replays
   -h, --help        this text
 
 ${BROKER_USAGE}`,
-  options: { port: { type: "string" }, host: { type: "string" }, pki: { type: "string" }, key: { type: "string", multiple: true }, ...BROKER_OPTIONS },
+  options: { port: { type: "string" }, host: { type: "string" }, pki: { type: "string" }, key: { type: "string", multiple: true }, state: { type: "string" }, ...BROKER_OPTIONS },
 } as const;
 
 /** The stand-in's settings from --port/--host/--pki and the development PKI. */
@@ -160,7 +162,13 @@ runAsEntry(import.meta.url, CLI, async ({ values }) => {
     if (!m) throw new UserError(`--key must be THING=<64 hex digits>, got ${JSON.stringify(k)}`);
     return [m[1], fromHex(m[2])] as const;
   });
-  const cloud = new CloudConsumer();
+  let cloud: CloudConsumer;
+  try {
+    cloud = new CloudConsumer({ stateFile: values.state, onAlert: (e) => process.stdout.write(`${e.topic} ALERT ${e.alert}\n`) });
+  } catch (e) {
+    if (e instanceof ReplayStateError) throw new UserError(e.message);
+    throw e;
+  }
   for (const [thing, key] of keys) cloud.register(thing, key);
   cloud.onEvent((e) => {
     const v = e.verdict;
