@@ -209,3 +209,50 @@ test("no device key from a stuck RNG or before the entropy source runs: provisio
   t.is(early.accept(bundle).thing, "porch-rng");
   t.is(early.status().state, "provisioned");
 });
+
+/** Nonce points made "elsewhere" (here: later, on this thread), as the device's crypto worker does. */
+function laterCrypto() {
+  return {
+    concurrent: true,
+    pending: 0,
+    async noncePoint(seed: Uint8Array) {
+      await new Promise((r) => setImmediate(r));
+      const sk = new Uint8Array(64);
+      sk.set(seed);
+      return nacl.sign.detached(new Uint8Array(0), sk).slice(0, 32);
+    },
+    async verify(m: Uint8Array, s: Uint8Array, k: Uint8Array) {
+      return nacl.sign.detached.verify(m, s, k);
+    },
+    async boxBefore(pk: Uint8Array, sk: Uint8Array) {
+      return nacl.box.before(pk, sk);
+    },
+  };
+}
+
+for (const [label, random, entropyReady] of [["a stuck RNG", constant(3), () => true], ["no entropy source yet", hostRandom, () => false]] as const) {
+  test(`with a nonce worker and ${label}: refills stop instead of spinning, and waiting events are signed deterministically`, async (t) => {
+    const clock = new ManualClock();
+    const transport = new AckingTransport();
+    const doorbell = new Doorbell({
+      thing: "porch-1", signingSeed: seed, clock, random, store: new MemoryStore(), transport, log: () => {}, crypto: laterCrypto(), entropyReady,
+    });
+    let refills = 0;
+    const refill = doorbell.signer.refill.bind(doorbell.signer);
+    doorbell.signer.refill = (...args: Parameters<typeof refill>) => {
+      if (++refills > 200) throw new Error("refill loop");
+      return refill(...args);
+    };
+    doorbell.start();
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    const sent = await doorbell.emitWhenReady("audit", { report: "test" });
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    clock.advance(3000);
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    t.true(refills < 20, `${refills} refills`);
+    const { signature, message } = openEnvelope(sent.payload);
+    t.deepEqual(signature, nacl.sign.detached(message, nacl.sign.keyPair.fromSeed(seed).secretKey), "the deterministic RFC 8032 signature");
+    t.is(doorbell.signer.stats.precomputed, 0);
+    doorbell.stop();
+  });
+}

@@ -76,6 +76,8 @@ export interface DoorbellOptions {
    * snapshot is streaming).
    */
   mayPrecompute?: () => boolean;
+  /** False while no true entropy source feeds `random`: no nonce is made, events are signed deterministically (see ./signer). */
+  entropyReady?: () => boolean;
   /** Called synchronously at each recognised press, before signing: drive the chime and LED from here. */
   onPress?: () => void;
   /** Called when a ring's event has been sealed (signed bytes ready). */
@@ -121,8 +123,10 @@ export class Doorbell {
   #lastReportAt = -Infinity;
   #crypto: HeavyCrypto | undefined;
   #refilling = false;
+  #retryTopUp: (() => void) | undefined;
   /** Events waiting for a nonce beyond the reserve, oldest first. */
-  #waiting: Array<() => boolean> = [];
+  /** Events waiting for a nonce; called with true, one signs without one (deterministically). */
+  #waiting: Array<(force?: boolean) => boolean> = [];
   readonly nonceReserve: number;
 
   constructor(options: DoorbellOptions) {
@@ -152,6 +156,7 @@ export class Doorbell {
       sha512: options.sha512,
       poolSize: options.noncePoolSize ?? DEFAULT_NONCE_POOL,
       onRngFailure: (reason) => options.log("error", "RNG failed its health tests: no more precomputed nonces this boot, every event is signed deterministically", { reason }),
+      entropyReady: options.entropyReady,
     });
     this.nonceReserve = Math.max(0, Math.min(options.nonceReserve ?? DEFAULT_NONCE_RESERVE, this.signer.poolSize - 1));
     this.#crypto = options.crypto?.concurrent ? options.crypto : undefined;
@@ -215,6 +220,8 @@ export class Doorbell {
   stop(): void {
     this.#started = false;
     this.#cancelPrecompute?.();
+    this.#retryTopUp?.();
+    this.#retryTopUp = undefined;
     this.#waiting = [];
     this.#reportPending?.();
     this.#reportPending = undefined;
@@ -295,8 +302,8 @@ export class Doorbell {
     }
     const time = this.#options.clock.wallTime() ?? null;
     return new Promise<SentEvent>((resolve, reject) => {
-      this.#waiting.push(() => {
-        if (type === "ring" ? this.signer.ready === 0 : this.spareNonces === 0) return false;
+      this.#waiting.push((force) => {
+        if (!force && (type === "ring" ? this.signer.ready === 0 : this.spareNonces === 0)) return false;
         try {
           resolve(this.#queue(this.#event(type, fields, time), null, type));
         } catch (e) {
@@ -397,6 +404,18 @@ export class Doorbell {
   #topUp(): void {
     const crypto = this.#crypto;
     if (!crypto || !this.#started || this.#refilling) return;
+    if (!this.signer.noncesPossible) {
+      // No nonce can be made (the RNG failed its health tests, or no entropy source runs yet): what waits is
+      // signed deterministically now rather than held, and refills are tried again later unless the RNG failed for good.
+      while (this.#waiting.length > 0) this.#waiting.shift()!(true);
+      if (this.signer.rngFailure === undefined && !this.#retryTopUp) {
+        this.#retryTopUp = this.#options.clock.schedule(() => {
+          this.#retryTopUp = undefined;
+          this.#topUp();
+        }, PRECOMPUTE_RETRY_MS);
+      }
+      return;
+    }
     this.#serveWaiting();
     if (this.signer.ready + this.signer.inFlight >= this.signer.poolSize) return;
     this.#refilling = true;

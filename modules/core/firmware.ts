@@ -235,6 +235,7 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
       void snapshots?.onRing(ring);
     },
     mayPrecompute: () => (ports.entropyReady?.() ?? true) && !snapshots?.busy,
+    entropyReady: ports.entropyReady,
     subscriptions: updates ? updateSubscriptions(identity.thing) : [],
     onOnline: () => updates?.linkOnline(),
     onMessage: (topic, payload) => {

@@ -79,6 +79,8 @@ export interface SignerOptions {
   poolSize?: number;
   /** Told once, with the reason, when the RNG fails its health tests and precomputation stops for good. */
   onRngFailure?: (reason: string) => void;
+  /** False while no true entropy source feeds `random` (a device before its radio is up): no nonce is made then. */
+  entropyReady?: () => boolean;
 }
 
 export interface SignerStats {
@@ -106,6 +108,7 @@ export class Ed25519Signer implements Signer {
   #inFlight = 0;
   #health = new RngHealth();
   #onRngFailure: ((reason: string) => void) | undefined;
+  #entropyReady: (() => boolean) | undefined;
 
   constructor(seed: Uint8Array, options: SignerOptions) {
     if (seed.length !== 32) throw new RangeError("signer: seed must be 32 bytes");
@@ -124,6 +127,7 @@ export class Ed25519Signer implements Signer {
     this.#sha512 = options.sha512 ?? jsSha512;
     this.poolSize = options.poolSize ?? 4;
     this.#onRngFailure = options.onRngFailure;
+    this.#entropyReady = options.entropyReady;
   }
 
   /** Why the RNG was judged broken (every signature is then deterministic), or undefined. */
@@ -198,8 +202,17 @@ export class Ed25519Signer implements Signer {
     return this.#online(nonce, message);
   }
 
-  /** A hedged one-time seed, unique per boot and counter; undefined (and the pool emptied) once the RNG fails its health tests. */
+  /** Whether a nonce can be made now: the RNG has not failed its health tests and a true entropy source runs. */
+  get noncesPossible(): boolean {
+    return this.#health.failure === undefined && (this.#entropyReady?.() ?? true);
+  }
+
+  /**
+   * A hedged one-time seed, unique per boot and counter; undefined while no
+   * entropy source runs, and (the pool emptied) once the RNG fails its health tests.
+   */
   #oneTimeSeed(): Uint8Array | undefined {
+    if (this.#entropyReady && !this.#entropyReady()) return undefined;
     const fresh = new Uint8Array(32);
     if (!this.#health.draw(this.#random, fresh)) {
       this.#refuseNonces();
