@@ -54,6 +54,7 @@ const LIBRARIES = new Set([
   "tools/openssl-ed25519.ts",
   "tools/wait-for.ts",
   "tools/standin/policy.ts",
+  "tools/standin/aws-policy.ts",
   "tools/standin/wss.ts",
   "tools/user-app.ts",
   "tools/event-verifier.ts",

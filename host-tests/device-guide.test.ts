@@ -23,6 +23,7 @@ import { parseBundle } from "../modules/core/provisioning";
 import { endpointAllowed, parseSettings } from "../modules/device/settings";
 import { BOARDS, ESP_IDF_VERSION, MODDABLE_VERSION, REPO, mcconfigArgs } from "../tools/mc";
 import { displayProblem } from "../tools/sim-lin";
+import { policyAllows, type IotAction, type PolicyDocument } from "../tools/standin/aws-policy";
 
 const README = fs.readFileSync(path.join(REPO, "README.md"), "utf8");
 const AWS_DOC = fs.readFileSync(path.join(REPO, "docs", "aws.md"), "utf8");
@@ -291,16 +292,10 @@ test("npm scripts: build, flash and debug for every board, the simulator, provis
 
 interface Statement { Effect: string; Action: string; Resource: string | string[]; Condition?: unknown }
 
-/** AWS IoT policy evaluation for one action and resource, with the thing-name variable set: * matches any run of characters. */
-function allowed(policy: { Statement: Statement[] }, action: string, resource: string, thing: string): boolean {
-  return policy.Statement.some((s) => {
-    if (s.Effect !== "Allow" || s.Action !== action) return false;
-    return [s.Resource].flat().some((pattern) => {
-      const filled = pattern.replaceAll("${iot:Connection.Thing.ThingName}", thing);
-      const re = new RegExp("^" + filled.split("*").map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join(".*") + "$");
-      return re.test(resource);
-    });
-  });
+/** The policy through the one evaluator the stand-in enforces it with (tools/standin/aws-policy). */
+function allowed(policy: PolicyDocument, action: IotAction, resource: string, thing: string): boolean {
+  const m = /^arn:aws:iot:([^:]*):([^:]*):(?:client|topic|topicfilter)\/(.*)$/s.exec(resource)!;
+  return policyAllows(policy, action, m[3], { region: m[1], account: m[2], thingName: thing, clientId: thing, attached: true });
 }
 
 test("the AWS IoT policy lets a device use its own topics (events, snapshots, replies, commands, jobs, streams) and nothing of another thing's", (t) => {

@@ -1,10 +1,12 @@
 /*
  * The stand-in's per-identity topic policy, as pure functions.
  *
- * This plays the part of the AWS IoT policy a real deployment attaches to every
- * device certificate, written with ${iot:Connection.Thing.ThingName}: a thing may
- * only touch doorward/<itself>/... and the AWS features under
- * $aws/things/<itself>/{shadow,jobs,streams}/... . The cloud service identity gets
+ * A thing gets exactly what the AWS IoT policy a real deployment attaches to every
+ * device certificate allows: docs/aws-policy.json itself, read through the one
+ * policy evaluator (./aws-policy), with ${iot:Connection.Thing.ThingName} set to
+ * the thing. Extending that file extends the stand-in. On top, the stand-in refuses
+ * what AWS refuses before any policy: empty topics, wildcards in a publish,
+ * malformed filters, more than 7 slashes. The cloud service identity gets
  * the fan-in filters (doorward/+/events, /snapshots, /replies) and may address any
  * thing's commands and $aws/things/<thing>/... topics. Kept free of the broker so
  * the rules can be read and tested on their own.
@@ -21,6 +23,7 @@
  */
 
 import { isThingName, TOPIC_ROOT } from "../../modules/core/topics";
+import { loadPolicy, policyAllows, type PolicyDocument } from "./aws-policy";
 
 export type Role = "thing" | "service" | "app";
 
@@ -49,7 +52,7 @@ export const PRESENCE_PREFIX = "$aws/events/presence";
 /** AWS: "The topic in a publish or subscribe request can be no larger than 7 forward slashes". */
 export const MAX_TOPIC_SLASHES = 7;
 
-/** The AWS features a thing may use under $aws/things/<thing>/. */
+/** The AWS features the service may address under $aws/things/<thing>/. */
 const AWS_FEATURES = new Set(["shadow", "jobs", "streams"]);
 
 /** Device → cloud topic kinds the service may fan in with a + in the thing level. */
@@ -75,12 +78,13 @@ function wellFormedFilter(levels: string[]): boolean {
   return true;
 }
 
-function ownSubtree(levels: string[], thing: string): boolean {
-  if (levels[0] === TOPIC_ROOT) return levels[1] === thing && levels.length >= 3 && levels[2] !== "";
-  if (levels[0] === "$aws") {
-    return levels[1] === "things" && levels[2] === thing && levels.length >= 5 && AWS_FEATURES.has(levels[3]);
-  }
-  return false;
+let devicePolicy: PolicyDocument | undefined;
+
+/** What the device policy lets this thing do with this topic (publish) or filter (subscribe). */
+function thingMay(action: "iot:Publish" | "iot:Subscribe", thing: string, name: string): boolean {
+  devicePolicy ??= loadPolicy();
+  // The stand-in accepts a thing only with its own name as client ID, as the policy's Connect statement demands.
+  return policyAllows(devicePolicy, action, name, { region: "REGION", account: "ACCOUNT_ID", thingName: thing, clientId: thing, attached: true });
 }
 
 /** $aws/things/<name>/<feature>/... where <name> is a thing name; with wildcards, also + for <name> and <feature>, or a final #. */
@@ -114,7 +118,7 @@ export function mayPublish(who: Identity, topic: string): PolicyVerdict {
   if (slashes(topic) > MAX_TOPIC_SLASHES) return { ok: false, reason: "topic-too-deep" };
   const levels = topic.split("/");
   if (who.role === "app") return isThingName(who.thing) && appMayPublish(who, levels) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
-  if (who.role === "thing") return ownSubtree(levels, who.name) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
+  if (who.role === "thing") return thingMay("iot:Publish", who.name, topic) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
   // Service: commands to any one thing, and AWS-feature topics (e.g. playing the Jobs service in tests).
   if (levels[0] === TOPIC_ROOT && levels.length === 3 && isThingName(levels[1]) && levels[2] === "commands") return ALLOW;
   if (awsThingTopic(levels, false)) return ALLOW;
@@ -127,7 +131,7 @@ export function maySubscribe(who: Identity, filter: string): PolicyVerdict {
   const levels = filter.split("/");
   if (!wellFormedFilter(levels)) return { ok: false, reason: "malformed-topic" };
   if (who.role === "app") return isThingName(who.thing) && appMaySubscribe(who, levels) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
-  if (who.role === "thing") return ownSubtree(levels, who.name) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
+  if (who.role === "thing") return thingMay("iot:Subscribe", who.name, filter) ? ALLOW : { ok: false, reason: "topic-not-allowed" };
   if (levels[0] === TOPIC_ROOT && levels.length === 3 && (levels[1] === "+" || isThingName(levels[1])) && FAN_IN_KINDS.has(levels[2])) {
     return ALLOW;
   }
