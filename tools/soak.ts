@@ -272,8 +272,10 @@ export interface ChaosReport {
   powerCuts: number;
   midPublishDrops: number;
   boots: number;
-  /** Rings the cloud accepted (after de-duplication). */
+  /** Events the cloud accepted (after de-duplication): rings and audit reports. */
   delivered: number;
+  /** Of which rings. */
+  ringsDelivered: number;
   /** Recorded rings never accepted. Must be 0. */
   lost: number[];
   /** Rings accepted twice after de-duplication. Must be 0. */
@@ -542,6 +544,7 @@ export async function runChaos(o: ChaosOptions = {}): Promise<ChaosReport> {
       midPublishDrops: counts.midPublishDrops,
       boots: devices.length,
       delivered: seen.size,
+      ringsDelivered: new Set(acceptedEvents.filter((e) => e.type === "ring").map((e) => e.seq)).size,
       lost,
       duplicatesDelivered: [...seen.values()].filter((n) => n > 1).length,
       redeliveries: cloud.duplicates,
@@ -790,9 +793,9 @@ async function main(args: Parsed<typeof CLI.options>): Promise<number> {
     if (damage > 1) throw new UserError("--damage is a chance from 0 to 1");
     say(`chaos soak: ${minutes} min, seed ${seed}${cycles < 1_000_000 ? `, ${cycles} cycles` : ""}, flash damage at ${damage * 100}% of power cuts`);
     const report = await runChaos({ seed, cycles, maxMs: minutes * 60_000, settleMs: 120_000, damage, log: (l) => say(`  ${l}`) });
-    say(JSON.stringify({ ...report, unrecordedDelivered: report.unrecordedDelivered.length }, null, 2));
+    say(JSON.stringify({ ...report, unrecordedDelivered: report.unrecordedDelivered.length, unrecordedNotAllowed: report.unrecordedDelivered.filter((u) => !u.allowed) }, null, 2));
     say(`presses ${report.presses}, broker restarts ${report.brokerRestarts} (${report.crashesInWindow} between routing and PUBACK), power cuts ${report.powerCuts} (flash damaged at ${Object.values(report.damage).reduce((a, b) => a + b, 0)}), mid-publish drops ${report.midPublishDrops}`);
-    say(`rings pressed ${report.presses}, delivered ${report.delivered}, lost ${report.lost.length}, reported ${report.lostReported.length}, lost without a signed report ${report.lostUnreported.length}; duplicates delivered ${report.duplicatesDelivered} (redeliveries de-duplicated: ${report.redeliveries}); drop reports ${report.dropReports}, sequence recoveries reported ${report.recoveryReports}`);
+    say(`rings pressed ${report.presses}, delivered ${report.ringsDelivered} (${report.unrecordedDelivered.length} of them written just before a power cut, never printed), lost ${report.lost.length}, reported ${report.lostReported.length}, lost without a signed report ${report.lostUnreported.length}; duplicates delivered ${report.duplicatesDelivered} (redeliveries de-duplicated: ${report.redeliveries}); drop reports ${report.dropReports}, sequence recoveries reported ${report.recoveryReports}`);
     ok &&= report.ok;
   }
   if (!v["skip-xs"]) {
