@@ -55,6 +55,7 @@ const LIBRARIES = new Set([
   "tools/wait-for.ts",
   "tools/standin/policy.ts",
   "tools/standin/aws-policy.ts",
+  "tools/standin/shadow.ts",
   "tools/standin/wss.ts",
   "tools/user-app.ts",
   "tools/event-verifier.ts",

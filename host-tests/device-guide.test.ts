@@ -19,6 +19,7 @@ import os from "node:os";
 import path from "node:path";
 import { topicsFor } from "../modules/core/topics";
 import { updateTopics } from "../modules/core/update";
+import { anchorSubscriptions, anchorTopics } from "../modules/core/acl-anchor";
 import { parseBundle } from "../modules/core/provisioning";
 import { endpointAllowed, parseSettings } from "../modules/device/settings";
 import { BOARDS, ESP_IDF_VERSION, MODDABLE_VERSION, REPO, mcconfigArgs } from "../tools/mc";
@@ -298,7 +299,7 @@ function allowed(policy: PolicyDocument, action: IotAction, resource: string, th
   return policyAllows(policy, action, m[3], { region: m[1], account: m[2], thingName: thing, clientId: thing, attached: true });
 }
 
-test("the AWS IoT policy lets a device use its own topics (events, snapshots, replies, commands, jobs, streams) and nothing of another thing's", (t) => {
+test("the AWS IoT policy lets a device use its own topics (events, snapshots, replies, commands, jobs, streams, its access anchor) and nothing of another thing's", (t) => {
   const policy = JSON.parse(fs.readFileSync(path.join(REPO, "docs", "aws-policy.json"), "utf8").replaceAll("REGION", "eu-west-1").replaceAll("ACCOUNT_ID", "123456789012"));
   const arn = (kind: string, name: string) => `arn:aws:iot:eu-west-1:123456789012:${kind}/${name}`;
   for (const s of policy.Statement as Statement[]) {
@@ -308,9 +309,10 @@ test("the AWS IoT policy lets a device use its own topics (events, snapshots, re
   const other = "doorward-gate-2";
   const mine = topicsFor(me);
   const upd = updateTopics(me);
-  const publishes = [mine.events, mine.snapshots, mine.replies, upd.getNext, upd.update("job-7"), upd.streamGet("fw-12")];
-  const subscriptions = [mine.commands, ...upd.subscriptions];
-  const receives = [mine.commands, upd.notifyNext, `${upd.getNext}/accepted`, `$aws/things/${me}/streams/fw-12/data/json`];
+  const anchor = anchorTopics(me);
+  const publishes = [mine.events, mine.snapshots, mine.replies, upd.getNext, upd.update("job-7"), upd.streamGet("fw-12"), anchor.get, anchor.update];
+  const subscriptions = [mine.commands, ...upd.subscriptions, ...anchorSubscriptions(me)];
+  const receives = [mine.commands, upd.notifyNext, `${upd.getNext}/accepted`, `$aws/things/${me}/streams/fw-12/data/json`, anchor.getAccepted, anchor.getRejected];
   t.true(allowed(policy, "iot:Connect", arn("client", me), me));
   t.false(allowed(policy, "iot:Connect", arn("client", other), me), "a second client ID");
   for (const topic of publishes) {
@@ -322,7 +324,7 @@ test("the AWS IoT policy lets a device use its own topics (events, snapshots, re
     t.false(allowed(policy, "iot:Subscribe", arn("topicfilter", filter.replace(me, other)), me));
   }
   for (const topic of receives) t.true(allowed(policy, "iot:Receive", arn("topic", topic), me), topic);
-  for (const topic of [`$aws/things/${me}/shadow/update`, "doorward/+/events", `doorward/${other}/commands`]) {
+  for (const topic of [`$aws/things/${me}/shadow/update`, `$aws/things/${me}/shadow/name/other/update`, "doorward/+/events", `doorward/${other}/commands`]) {
     t.false(allowed(policy, "iot:Publish", arn("topic", topic), me), topic);
     t.false(allowed(policy, "iot:Subscribe", arn("topicfilter", topic), me), topic);
   }

@@ -66,7 +66,8 @@ class Broker {
       },
       publish(topic, payload) {
         if (!open) return Promise.reject(new Error("not connected"));
-        if (!topic.startsWith(`doorward/${thing}/`)) {
+        // The device policy: its own doorward/ subtree and its access-anchor shadow (docs/aws-policy.json).
+        if (!topic.startsWith(`doorward/${thing}/`) && !topic.startsWith(`$aws/things/${thing}/shadow/name/doorward-acl/`)) {
           broker.refused.push(topic);
           drop("not authorized");
           return Promise.reject(new Error("not authorized"));

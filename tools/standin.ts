@@ -32,6 +32,8 @@
  *   app token instead; the same client ID, policy and limit checks then apply.
  * - Lifecycle events, as AWS publishes them: $aws/events/presence/connected/<clientId>
  *   and .../disconnected/<clientId> for every thing (not retained; AWS's are not).
+ * - Named device shadows, get and update (./standin/shadow.ts), in RAM: where a
+ *   device anchors its access-list generation outside its flash.
  *
  * Every refusal is counted in `stats`, kept in `stats.refusals` and emitted as
  * "refused", so tests can assert why something failed, not just that it did.
@@ -48,6 +50,7 @@ import { Aedes } from "aedes";
 import type { AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from "aedes";
 import { ensureDevPki, issueThingCredentials, roleOfSubject, type Credentials, type DevPki } from "./pki";
 import { appClientIdBase, mayPublish, maySubscribe, PRESENCE_PREFIX, type Identity } from "./standin/policy";
+import { ShadowService } from "./standin/shadow";
 import { portOption, runAsEntry, UserError, type Parsed } from "./lib/cli";
 
 export { appClientIdBase, type Identity } from "./standin/policy";
@@ -234,6 +237,8 @@ export class Standin extends EventEmitter {
 
   #server: tls.Server;
   #broker: Aedes;
+  /** Named shadows (get/update), as AWS IoT keeps them: the devices' access anchors live here. */
+  readonly shadows = new ShadowService();
   #sockets = new Set<net.Socket>();
   #sessions = new WeakMap<Client, Session>();
   #streamAuth = new WeakMap<object, StreamAuthenticator>();
@@ -621,6 +626,9 @@ export class Standin extends EventEmitter {
         retain: packet.retain,
       };
       this.emit("message", message);
+      // The policy has already confined the publisher to its own $aws/things/<thing>/ subtree.
+      const answers = this.shadows.handle(packet.topic, payload);
+      for (const a of answers ?? []) void this.publish(a.topic, a.payload).catch(() => {});
     });
   }
 }

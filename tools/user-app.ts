@@ -93,6 +93,8 @@ export class UserApp {
   readonly thing: string;
   /** The generation the app believes current; updated from authenticated replies. */
   gen: number;
+  /** The newest generation the cloud anchors for this device, learned from a refusal (0: none seen). */
+  anchored = 0;
   protected now: () => number;
   protected random: Random;
   #derived: UserKeys;
@@ -138,6 +140,8 @@ export class UserApp {
       this.gen = r.reply.gen;
       // A counter refused as older than the device's boot: the device names the next one it takes.
       if (r.reply.reason === "replay" && typeof r.reply.next === "number") this.#lastCtr = Math.max(this.#lastCtr, r.reply.next - 1);
+      // The device's flash went back: the cloud anchors a newer generation, which the next signed list must pass.
+      if (typeof r.reply.anchor === "number") this.anchored = Math.max(this.anchored, r.reply.anchor);
     }
     return r;
   }
@@ -172,7 +176,7 @@ export class OwnerApp extends UserApp {
 
   /** A signed list update (the grant path): the new list at the next generation. */
   updateList(users: AccessUser[], o: { gen?: number; listGen?: number; exp?: number } = {}): MadeCommand {
-    const signed = this.signList(users, o.listGen ?? this.gen + 1);
+    const signed = this.signList(users, o.listGen ?? Math.max(this.gen, this.anchored) + 1);
     const made = this.command("access-update", { list: signedListToJson(signed) }, o);
     this.#pending.set(made.n, (r) => { if (r.reply.ok) this.users = users; });
     return made;

@@ -45,7 +45,8 @@ import nacl from "tweetnacl";
 import type { Clock, KeyValueStore, Log, Random, SecretStore, Sha512 } from "./ports";
 import { canonicalBytes, jsonNestsDeeper, parseCanonical, type Json } from "./canonical";
 import { fromBase64Url, toBase64Url, utf8Decode } from "./bytes";
-import { encodeJsonRecord, readJsonRecord } from "./record";
+import { encodeJsonRecord, keyedTag, readJsonRecord, type RecordTag } from "./record";
+import { ANCHOR_DOMAIN, anchorSubscriptions, anchorTopics, encodeAnchorUpdate, readAnchorAnswer } from "./acl-anchor";
 import { isThingName } from "./topics";
 import {
   AccessList,
@@ -83,6 +84,9 @@ export const REPLAY_KEY = "dw.acl.hw";
 const REPLAY_KIND = "acl-hw";
 /** Revocations are applied without a look at the clock (see the head of this file). */
 const CLOCK_FREE: ReadonlySet<string> = new Set(["revoke", "revoke-all"]);
+const ANCHOR_RETRY_MS = 5000;
+/** What the device acts on before (or against) the cloud's anchor: removing rights, and the owner's signed list. */
+const ANCHOR_FREE: ReadonlySet<string> = new Set(["revoke", "revoke-all", "access-update"]);
 
 export type Op = "snapshot" | "chime-test" | "stream-start" | "stream-stop" | "access-update" | "revoke" | "revoke-all";
 
@@ -167,6 +171,8 @@ export interface Reply {
   result?: Json;
   /** On a "replay" refusal: the smallest counter the device would take next from this sender. */
   next?: number;
+  /** On a refusal because the cloud anchors a newer list: the generation a signed list must reach. */
+  anchor?: number;
 }
 
 export interface ReadReply {
@@ -356,6 +362,13 @@ export interface AccessControlOptions {
   owner: OwnerEnrolment;
   sha512?: Sha512;
   verifySignature?: SignatureCheck;
+  /**
+   * Anchor the generation in the cloud (./acl-anchor): publish the shadow
+   * requests there. With it, no command but a revocation or a signed list is
+   * acted on until the cloud's anchor is known and this device's generation
+   * is at least as new.
+   */
+  anchor?: { publish: (topic: string, payload: Uint8Array) => void };
   /** Where submitCommand runs a grant's verify and box.before (a worker). Without it they run in the call. */
   crypto?: HeavyCrypto;
   /** Commands per sender: a burst of `burst`, then one per `everyMs` (default 20, then one per 2 s). Revocations are never limited. */
@@ -379,6 +392,8 @@ interface Context {
   replyKey: Uint8Array | null;
   /** For a replay refusal to an authenticated sender: the smallest counter that would be fresh. */
   next?: number;
+  /** For a refusal because the cloud's anchor is newer: that generation. */
+  anchor?: number;
 }
 
 export class AccessControl {
@@ -392,6 +407,19 @@ export class AccessControl {
   #storedFloor: number;
   #bootMonotonic: number;
   #bootMarked = false;
+  /** "off" without options.anchor; "unknown" until the shadow has answered since the link came up. */
+  #anchorState: "off" | "unknown" | "known";
+  /** The generation the cloud holds (0: none). */
+  #cloudGen = 0;
+  #anchorTag: RecordTag;
+  #askedAt = -Infinity;
+  /**
+   * Set when the cloud's anchor was found ahead of this flash: until an
+   * owner-signed list at least that new is applied, nothing here is trusted
+   * (revocations still apply, but cannot lift it: their generations count
+   * from the old state).
+   */
+  #behind: number | undefined;
   #granting = false;
   #perSender: BucketsByKey;
 
@@ -413,6 +441,8 @@ export class AccessControl {
       mayVerify: () => grants.take(),
     });
     this.replay = new ReplayGuard();
+    this.#anchorState = options.anchor ? "unknown" : "off";
+    this.#anchorTag = keyedTag(ANCHOR_DOMAIN, options.deviceBoxSecretKey, options.sha512 ?? ((d) => nacl.hash(d)));
     this.#bootMonotonic = options.clock.monotonic();
     this.#storedFloor = this.#timeFloor = readTimeFloor(options.store);
     if (this.#storedFloor === 0 && options.store.read(REPLAY_KEY) !== undefined) options.log("warn", "commands: stored time floor unreadable; starting from none");
@@ -432,6 +462,63 @@ export class AccessControl {
 
   get generation(): number {
     return this.list.generation;
+  }
+
+  /** The generation anchored in the cloud, and whether it is known yet. */
+  get anchor(): { state: "off" | "unknown" | "known"; gen: number } {
+    return { state: this.#anchorState, gen: this.#cloudGen };
+  }
+
+  /** Topics the link must subscribe to for the anchor's answers. */
+  get anchorSubscriptions(): string[] {
+    return this.#o.anchor ? anchorSubscriptions(this.thing) : [];
+  }
+
+  /** Ask the cloud for its anchor: call whenever the link comes up. */
+  requestAnchor(): void {
+    const a = this.#o.anchor;
+    if (!a) return;
+    this.#askedAt = this.#o.clock.monotonic();
+    try {
+      a.publish(anchorTopics(this.thing).get, canonicalBytes({}));
+    } catch (e) {
+      this.#o.log("warn", "access anchor: could not ask", { reason: String((e as Error)?.message ?? e) });
+    }
+  }
+
+  /** An answer from the shadow; false for a topic that is not one. */
+  onAnchorMessage(topic: string, payload: Uint8Array): boolean {
+    if (!this.#o.anchor) return false;
+    const answer = readAnchorAnswer(this.thing, topic, payload, this.#anchorTag);
+    if (!answer) return false;
+    if (answer.kind === "error") {
+      this.#o.log("warn", "access anchor: the cloud could not answer; commands wait", { code: answer.code });
+      return true;
+    }
+    if (answer.kind === "none" && answer.forged) this.#o.log("warn", "access anchor: the cloud's anchor is not this device's; replacing it");
+    this.#cloudGen = answer.kind === "anchor" ? answer.gen : 0;
+    this.#anchorState = "known";
+    const gen = this.list.generation;
+    if (this.#behind !== undefined && this.#cloudGen < this.#behind) this.#cloudGen = this.#behind;
+    if (this.#cloudGen > gen || this.#behind !== undefined) {
+      // The flash went back: act on nothing but revocations and a signed list at least this new.
+      this.#behind = Math.max(this.#behind ?? 0, this.#cloudGen);
+      this.#o.log("error", "access anchor: the cloud holds a newer access list than this flash; waiting for the owner's list", { gen, anchored: this.#cloudGen });
+    } else this.#publishAnchor(this.#cloudGen === gen && answer.kind === "anchor");
+    return true;
+  }
+
+  /** Report the generation in force, never one below what the cloud is known to hold. */
+  #publishAnchor(already = false): void {
+    const a = this.#o.anchor;
+    const gen = this.list.generation;
+    if (!a || this.#anchorState !== "known" || this.#behind !== undefined || already || gen < this.#cloudGen) return;
+    try {
+      a.publish(anchorTopics(this.thing).update, encodeAnchorUpdate(this.thing, gen, this.#anchorTag));
+      this.#cloudGen = gen;
+    } catch (e) {
+      this.#o.log("warn", "access anchor: could not report", { reason: String((e as Error)?.message ?? e) });
+    }
   }
 
   /** The owner-vouched time floor (ms since the epoch): the clock's judge (./time-check) refuses network time below it. */
@@ -549,6 +636,18 @@ export class AccessControl {
     const args = parseArgs(op, body);
 
     if (body.thing !== this.thing) throw new AccessRejection("wrong-thing", "command is for another thing");
+    // Taking rights away, or the owner's signed list, is always safe; anything else waits for the anchor.
+    if (!ANCHOR_FREE.has(op)) {
+      if (this.#anchorState === "unknown") {
+        // The answer may have been lost (asked before the subscription took): ask again, at most every few seconds.
+        if (this.#o.clock.monotonic() - this.#askedAt >= ANCHOR_RETRY_MS) this.requestAnchor();
+        throw new AccessRejection("busy", "waiting for the cloud's access anchor");
+      }
+      if (this.#behind !== undefined) {
+        ctx.anchor = this.#behind;
+        throw new AccessRejection("stale-generation", "the access list here is older than the one anchored in the cloud; the owner must send the list again");
+      }
+    }
     if (body.gen !== this.list.generation) {
       throw new AccessRejection("stale-generation", body.gen < this.list.generation ? "access list has changed since" : "device has not seen that generation");
     }
@@ -627,6 +726,12 @@ export class AccessControl {
     const ended = this.sessions.endUsers(change.removed, "revoked") + this.sessions.endUsers(change.rekeyed, "rekeyed");
     this.replay.prune((id) => this.list.user(id) !== undefined);
     this.#storeTimeFloor();
+    // Only the owner's signed list, at least as new as the anchor, brings a device whose flash went back into service.
+    if (this.#behind !== undefined && this.list.signedGeneration >= this.#behind && change.gen === this.list.signedGeneration) {
+      this.#o.log("info", "access anchor: the owner's list is in force again", { gen: change.gen });
+      this.#behind = undefined;
+    }
+    this.#publishAnchor();
     this.#o.log("info", "access list changed", { gen: change.gen, added: change.added.length, removed: change.removed.length, sessionsEnded: ended });
     const result: Json = { added: change.added, gen: change.gen, rekeyed: change.rekeyed, removed: change.removed };
     return this.#accept(ctx, result, { type: "access-changed", change, sessionsEnded: ended });
@@ -656,6 +761,7 @@ export class AccessControl {
     if (fields.detail !== undefined) clear.detail = fields.detail;
     if (fields.result !== undefined) clear.result = fields.result;
     if (!fields.ok && fields.reason === "replay" && ctx.next !== undefined) clear.next = ctx.next;
+    if (!fields.ok && ctx.anchor !== undefined) clear.anchor = ctx.anchor;
     // The reply key of a sender revoked or re-keyed by this very command is already wiped (all zeros):
     // seal only under the key the sender still has on the device, else reply in the clear.
     const key = ctx.replyKey && ctx.from && this.list.keysFor(ctx.from)?.reply === ctx.replyKey ? ctx.replyKey : null;

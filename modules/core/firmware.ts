@@ -173,6 +173,8 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     crypto,
     // A live view is a snapshot per frame, each wrapped only for who is authorised at that moment.
     onSessionFrame: (session) => requestSnapshot(session.user, "live-view"),
+    // The generation is anchored in the device's shadow, outside its flash (./acl-anchor).
+    anchor: { publish: (topic, payload) => void doorbell.send(topic, payload, 0) },
   });
 
   let doorbell: Doorbell;
@@ -236,10 +238,14 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     },
     mayPrecompute: () => (ports.entropyReady?.() ?? true) && !snapshots?.busy,
     entropyReady: ports.entropyReady,
-    subscriptions: updates ? updateSubscriptions(identity.thing) : [],
-    onOnline: () => updates?.linkOnline(),
+    subscriptions: [...(updates ? updateSubscriptions(identity.thing) : []), ...access.anchorSubscriptions],
+    onOnline: () => {
+      access.requestAnchor();
+      updates?.linkOnline();
+    },
     onMessage: (topic, payload) => {
       if (topic === doorbell.topics.commands) onCommand(payload);
+      else if (access.onAnchorMessage(topic, payload)) return;
       else if (updates?.handles(topic)) updates.onMessage(topic, payload);
       else log("debug", "message on a topic nothing handles", { topic, bytes: payload.length });
     },
