@@ -79,6 +79,8 @@ test("the stand-in and docs/aws-policy.json agree on every topic a thing might t
     `doorward/${who}/events`, `doorward/${who}/snapshots`, `doorward/${who}/replies`, `doorward/${who}/commands`, `doorward/${who}/access`,
     `doorward/${who}/`, `doorward/${who}`, `doorward/${who}/a/b/c/d/e`, `doorward/${who}/+`, `doorward/${who}/#`,
     `$aws/things/${who}/shadow/update`, `$aws/things/${who}/shadow/get`, `$aws/things/${who}/shadow/#`, `$aws/things/${who}/shadow/name/x/update`,
+    `$aws/things/${who}/shadow/name/doorward-acl/get`, `$aws/things/${who}/shadow/name/doorward-acl/update`, `$aws/things/${who}/shadow/name/doorward-acl/get/accepted`,
+    `$aws/things/${who}/shadow/name/doorward-acl/#`,
     `$aws/things/${who}/jobs/notify-next`, `$aws/things/${who}/jobs/$next/get`, `$aws/things/${who}/jobs/+/update/accepted`, `$aws/things/${who}/jobs/#`,
     `$aws/things/${who}/streams/fw-1/get/json`, `$aws/things/${who}/streams/fw-1/data/json`, `$aws/things/${who}/streams/#`,
     `$aws/things/${who}/defender/metrics/json`, `$aws/things/${who}/tunnels/notify`, `$aws/things/${who}/#`, `$aws/things/${who}`,
@@ -101,9 +103,11 @@ test("the stand-in and docs/aws-policy.json agree on every topic a thing might t
     }
   }
   t.true(compared > 150);
-  // The shadow in particular: not in the policy, so not in the stand-in.
+  // The shadow in particular: only the access anchor's named shadow is in the policy, so in the stand-in.
   t.false(mayPublish(thing, `$aws/things/${me}/shadow/update`).ok);
   t.false(maySubscribe(thing, `$aws/things/${me}/shadow/update/delta`).ok);
+  t.false(mayPublish(thing, `$aws/things/${me}/shadow/name/x/update`).ok);
   // What the firmware uses is in both.
-  for (const topic of [`doorward/${me}/events`, `$aws/things/${me}/jobs/notify-next`, `$aws/things/${me}/streams/fw-1/get/json`]) t.true(mayPublish(thing, topic).ok, topic);
+  for (const topic of [`doorward/${me}/events`, `$aws/things/${me}/jobs/notify-next`, `$aws/things/${me}/streams/fw-1/get/json`, `$aws/things/${me}/shadow/name/doorward-acl/get`]) t.true(mayPublish(thing, topic).ok, topic);
+  t.true(maySubscribe(thing, `$aws/things/${me}/shadow/name/doorward-acl/get/accepted`).ok);
 });
