@@ -30,7 +30,7 @@ import nacl from "tweetnacl";
 import { parseSettings, SettingsError } from "../modules/device/settings";
 import { AMAZON_ROOTS, AMAZON_ROOT_RESOURCES, EgressConfigError, parseEgressConfig, trustAnchorNamesProblem } from "../modules/core/egress";
 import { toHex } from "../modules/core/bytes";
-import { BOARDS as MC_BOARDS } from "../tools/mc";
+import { BOARDS as MC_BOARDS, BUDGETS } from "../tools/mc";
 
 const ROOT = path.resolve(".");
 const S3_BOARDS = ["esp32/xiao_esp32s3_sense", "esp32/m5atom_s3r_m12", "esp32/lilygo_t_camera_plus_s3"];
@@ -500,6 +500,12 @@ test("flash layout: each board's partition table has two equal OTA slots, otadat
     t.deepEqual(layoutProblems(parsePartitions(fs.readFileSync(build.PARTITIONS_FILE, "utf8")), flash), [], b);
     t.regex(sdkconfig, /^CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE=y$/m, `${b}: rollback on`);
     t.regex(sdkconfig, /^CONFIG_SPIRAM=y$/m, `${b}: PSRAM on (the camera's frame buffers live there)`);
+    // The XS heaps are one malloc each, larger than internal RAM can spare: malloc must reach PSRAM.
+    for (const file of [path.join(build.SDKCONFIGPATH, "sdkconfig.defaults"), path.join(build.SDKCONFIGPATH, "release", "sdkconfig.defaults")].filter((x) => fs.existsSync(x))) {
+      const text = fs.readFileSync(file, "utf8");
+      t.regex(text, /^CONFIG_SPIRAM_USE_MALLOC=y$/m, `${path.relative(ROOT, file)}: malloc uses PSRAM`);
+      t.notRegex(text, /^CONFIG_SPIRAM_USE_CAPS_ALLOC=y$/m, path.relative(ROOT, file));
+    }
     t.regex(sdkconfig, /^CONFIG_PARTITION_TABLE_CUSTOM=y$/m);
     t.notRegex(sdkconfig, /^CONFIG_SECURE_FLASH_ENC_ENABLED=y$/m, `${b}: nothing that burns eFuses is on by default`);
   }
@@ -537,4 +543,46 @@ test("the checkers find problems in a broken tree (so these tests can fail)", (t
   for (const needle of ["Node module node:fs", "Node module os", "npm package mqtt", '"device/b", which is not mapped', "tweetnacl is not mapped", 'tsc compiles modules/device/v.ts but "device/v" is modules/device/v-sim.ts here', "device/z, not a known Moddable module"]) t.true(imports.includes(needle), `missed: ${needle}\n${imports}`);
   t.false(imports.includes("imports device/v,"), "a mapped specifier is fine");
   t.true(preloadProblems(dir, "lin").some((p) => p.includes("pulls in tweetnacl")));
+});
+
+/** The merged "creation" of a platform (deep merge in manifest order, as mcconfig does). */
+function creationFor(root: string, platform: string): Json {
+  const creation: Json = {};
+  for (const m of manifestsFor(root, platform)) for (const s of sectionsOf(m, platform)) mergeProperties(creation, s.creation);
+  return creation;
+}
+
+/** What is wrong with a platform's XS creation values; a board may not grow its heaps. */
+function creationProblems(creation: Json, board: boolean): string[] {
+  const problems: string[] = [];
+  const whole = (v: unknown, min: number, name: string) => { if (!Number.isInteger(v) || (v as number) < min) problems.push(`${name} must be a whole number of at least ${min} (is ${JSON.stringify(v)})`); };
+  whole(creation.stack, 512, "stack");
+  whole(creation.chunk?.initial, 65536, "chunk.initial");
+  whole(creation.heap?.initial, 4096, "heap.initial");
+  if (board) {
+    if (creation.chunk?.incremental !== 0) problems.push("chunk.incremental must be 0: a board's chunk heap is fixed");
+    if (creation.heap?.incremental !== 0) problems.push("heap.incremental must be 0: a board's slot heap is fixed");
+    if (creation.static !== 0) problems.push("static must be 0 (the heaps are allocated, as in the SDK's board targets)");
+  }
+  if (creation.main !== "device/main") problems.push("main must stay device/main");
+  return problems;
+}
+
+test("XS creation values: every target sets its stack and heaps, a board's do not grow, and the simulator budgets are the boards' own", (t) => {
+  for (const b of BOARDS) t.deepEqual(creationProblems(creationFor(ROOT, b), true), [], b);
+  t.deepEqual(creationProblems(creationFor(ROOT, "lin"), false), [], "lin");
+  const s3 = S3_BOARDS.map((b) => creationFor(ROOT, b));
+  for (const c of s3) t.deepEqual(c, s3[0], "the three S3 boards share one budget");
+  const expected: Record<string, Json> = { s3: s3[0], esp32cam: creationFor(ROOT, "esp32/esp32cam") };
+  t.deepEqual(Object.keys(BUDGETS).sort(), Object.keys(expected).sort());
+  for (const [name, file] of Object.entries(BUDGETS)) {
+    const budget = readManifest(path.join(ROOT, file));
+    t.deepEqual([budget.json.include].flat().map((i: string) => path.resolve(path.dirname(budget.file), i)), [path.join(ROOT, "manifest.json")], `${file} builds the firmware itself`);
+    // mcconfig merges the including manifest last: its creation wins over hardware/lin.json's.
+    t.deepEqual(mergeProperties(structuredClone(creationFor(ROOT, "lin")), budget.json.creation), expected[name], `${file} is the ${name} budget`);
+  }
+  // The checker finds what is missing or growing.
+  t.true(creationProblems({ main: "device/main", stack: 768, chunk: { initial: 65536, incremental: 1024 }, heap: { initial: 8192, incremental: 0 }, static: 0 }, true).some((p) => p.startsWith("chunk.incremental")));
+  t.true(creationProblems({ main: "device/main" }, false).some((p) => p.startsWith("stack")));
+  t.deepEqual(creationProblems({ main: "device/main", stack: 768, chunk: { initial: 65536, incremental: 0 }, heap: { initial: 8192, incremental: 0 }, static: 0 }, true), []);
 });

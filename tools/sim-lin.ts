@@ -29,7 +29,7 @@ import { CloudConsumer } from "./cloud";
 import { ensureDevPki } from "./pki";
 import { main as provisionCli } from "./provision";
 import { startStandin, type Standin } from "./standin";
-import { startXsMeter, type XsMeter, type XsPeaks } from "./xs-meter";
+import { describePeaks, XsPeakTracker } from "./xs-meter";
 
 /** Where the lin build's broker and egress allowlist point (manifest.json, platforms.lin). */
 export const SIM_BROKER_PORT = 8883;
@@ -48,7 +48,7 @@ export interface SimLinOptions {
   extra: string[];
   /** The virtual button's interval (default: hardware/lin.json's 30 s). */
   pressEveryMs?: number;
-  /** Collect the XS stack and heap peaks over the debugger protocol (tools/xs-meter.ts) and print them. */
+  /** Print the XS stack and heap peaks from the build's instrumentation (tools/xs-meter.ts), every 10 rings and at the end. */
   measure?: boolean;
   /** Build with another manifest (one that includes manifest.json), e.g. a board's creation values. */
   manifest?: string;
@@ -190,18 +190,6 @@ async function provisionSimDevice(o: SimLinOptions, bundleTarget: string): Promi
 
 const ACCEPTED = /provisioning: bundle accepted thing="([^"]+)" publicKey="([0-9a-f]{64})"/;
 
-/** One line of peaks: slot figures in slots (what creation.heap counts), the rest in bytes. */
-export function describePeaks(p: XsPeaks, slotBytes = 32): string {
-  const slots = (b: number) => Math.round(b / slotBytes);
-  return [
-    `${p.samples} samples`,
-    `stack peak ${slots(p.stackPeakBytes)} of ${slots(p.stackBytes)} slots`,
-    `slots in use ≤ ${slots(p.slotsUsedBytes)} (${slots(p.slotsAfterGcBytes)} after a collection), reserved ${slots(p.slotsReservedFirst)} → ${slots(p.slotsReservedBytes)}`,
-    `chunks in use ≤ ${p.chunksUsed} B (${p.chunksAfterGc} B after a collection), reserved ${p.chunksReservedFirst} → ${p.chunksReserved} B`,
-    `${p.collections} collections`,
-  ].join("; ");
-}
-
 /** Build, start everything, stream the firmware log; resolves to the exit code. */
 export async function runSimLin(o: SimLinOptions): Promise<number> {
   const problem = displayProblem(o.env);
@@ -270,13 +258,8 @@ export async function runSimLin(o: SimLinOptions): Promise<number> {
     o.out(`Xvfb ${x.display} (pid ${x.child.pid})`);
   }
 
-  let meter: XsMeter | undefined;
-  if (o.measure) {
-    // trace() reaches both mcsim's stdout and the debugger connection: stdout is the one followed; only breaks are reported from here.
-    meter = await startXsMeter((line) => { if (line.startsWith("(break at ")) onLine(line); });
-    env = { ...env, XSBUG_HOST: "127.0.0.1", XSBUG_PORT: String(meter.port) };
-    o.out(`measuring: the firmware's debugger connection goes to 127.0.0.1:${meter.port} (tools/xs-meter.ts)`);
-  }
+  // With no debugger listening, each XS machine prints its instrumentation samples on stdout once a second.
+  const tracker = new XsPeakTracker();
 
   // The preferences file is deleted and recreated on every write: the umask is what keeps it private.
   // stdbuf: mcsim's trace() goes through stdio, which would hold a pipe's lines back in 4 KB blocks.
@@ -298,7 +281,7 @@ export async function runSimLin(o: SimLinOptions): Promise<number> {
       const ev = e.verdict.event;
       if (ev.type === "ring") verified++;
       o.out(`cloud ✔ verified ${ev.type} from ${ev.thing} seq=${ev.seq} boot=${ev.boot} (tweetnacl ✔ OpenSSL ✔)`);
-      if (meter && ev.type === "ring" && verified % 10 === 0) o.out(`xs: after ${verified} rings: ${describePeaks(meter.peaks())}`);
+      if (o.measure && ev.type === "ring" && verified % 10 === 0) for (const [name, p] of tracker.machines) o.out(`xs ${name} after ${verified} rings: ${describePeaks(p)}`);
       if (o.rings > 0 && verified >= o.rings) finish(0);
     } else if (e.duplicate) {
       o.out("cloud · duplicate delivery ignored");
@@ -309,6 +292,7 @@ export async function runSimLin(o: SimLinOptions): Promise<number> {
   });
 
   function onLine(line: string): void {
+    if (tracker.line(line)) return;
     o.out(`firmware │ ${line}`);
     const m = ACCEPTED.exec(line);
     if (m) {
@@ -346,12 +330,9 @@ export async function runSimLin(o: SimLinOptions): Promise<number> {
   }
   await cloud.close();
   await standin.close();
-  if (meter) {
-    const peaks = meter.peaks();
-    const machines = meter.machines();
-    await meter.close();
-    for (const m of machines) o.out(`xs ${m.name}: ${describePeaks(m.peaks)}`);
-    fs.writeFileSync(path.join(outDir, "xs-peaks.json"), JSON.stringify({ rings: verified, main: peaks, machines }, null, 1) + "\n");
+  if (o.measure) {
+    for (const [name, p] of tracker.machines) o.out(`xs ${name}: ${describePeaks(p)}`);
+    fs.writeFileSync(path.join(outDir, "xs-peaks.json"), JSON.stringify({ rings: verified, ...Object.fromEntries(tracker.machines) }, null, 1) + "\n");
   }
   if (fs.existsSync(preferences)) {
     const mode = fs.statSync(preferences).mode & 0o777;

@@ -1,27 +1,26 @@
 /*
- * XS memory peaks of a running -d build, without xsbug: `npm run sim:lin -- --measure`.
+ * XS memory peaks of a running simulator build, from its own instrumentation.
  *
- * A debug build of the firmware connects to xsbug's port at boot (mcsim reads
- * XSBUG_HOST and XSBUG_PORT) and, built with instrumentation, sends a
- * <samples> line every second: the chunk heap in use and reserved, the slot
- * heap in use and reserved, and the deepest the stack went since the last
- * sample (XS resets that peak at each sample, so the largest of them is the
- * run's peak). This is a listener for that protocol that answers the login
- * with an empty breakpoint list (so nothing stops the firmware), passes
- * trace() lines on, and keeps the maxima, and the reserved sizes, which
- * show whether the heap ever had to grow.
+ * A -d build for lin is instrumented, and with no debugger attached each XS
+ * machine prints its samples on mcsim's stdout once a second: the main
+ * machine first names them ("instruments key: Pixels drawn,...,Chunk used,
+ * Chunk available,Slot used,Slot available,Stack used,Stack available,Garbage
+ * collections,...") and then prints one "instruments: v,v,..." line per
+ * second; a Worker prints the same lines with the XS values only. This reads
+ * those lines and keeps, per machine, the largest chunk and slot heaps in use,
+ * the largest reserved (which shows whether a heap ever had to grow), and the
+ * deepest stack: XS resets its stack peak at each sample, so the largest
+ * sample is the run's peak.
  *
  * "In use" between collections includes garbage not yet collected, so with a
- * fixed heap it approaches the heap's size before each collection; what
- * fits is shown by a run with the board's creation values and no growth.
- * The lowest reading that follows a collection (the count of collections
- * went up) bounds the live data from above at that moment; the largest of
- * those is reported as the live peak.
- *
- * Each XS machine connects on its own (the main machine first, then any
- * Worker), and each one's figures are kept apart, by the name it logs in with.
+ * fixed heap it approaches the heap's size before each collection; what fits
+ * is shown by a run with a board's creation values and no growth. A reading
+ * taken after the collection count went up bounds the live data from above;
+ * the largest of those is reported as "after a collection".
  */
-import net from "node:net";
+
+/** The XS half of every sample, in this order, on every machine. */
+export const XS_INSTRUMENTS = ["Chunk used", "Chunk available", "Slot used", "Slot available", "Stack used", "Stack available", "Garbage collections", "Keys used", "Modules loaded", "Parser used", "Floating Point", "Promises settled"];
 
 export interface XsPeaks {
   samples: number;
@@ -35,121 +34,75 @@ export interface XsPeaks {
   /** Bytes of stack at the deepest point, and the stack's size. */
   stackPeakBytes: number;
   stackBytes: number;
-  /** The largest heap in use right after a collection (live data plus what the collector kept). */
+  /** The largest heaps in use in a sample taken after a collection. */
   chunksAfterGc: number;
   slotsAfterGcBytes: number;
   collections: number;
 }
 
-export interface XsMeter {
-  port: number;
-  /** The first machine to connect: the main one. */
-  peaks(): XsPeaks;
-  /** Every machine, in the order they connected, by login name. */
-  machines(): Array<{ name: string; peaks: XsPeaks }>;
-  /** Start a new window for peaks (e.g. per scenario step). */
-  mark(): XsPeaks;
-  close(): Promise<void>;
-}
-
-const ENTITIES: Record<string, string> = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
-const decode = (s: string) => s.replace(/&(#x[0-9a-f]+|#\d+|\w+);/gi, (m, e: string) => (e[0] === "#" ? String.fromCodePoint(e[1] === "x" || e[1] === "X" ? parseInt(e.slice(2), 16) : Number(e.slice(1))) : ENTITIES[e] ?? m));
-
 function empty(): XsPeaks {
   return { samples: 0, chunksUsed: 0, chunksReserved: 0, chunksReservedFirst: 0, slotsUsedBytes: 0, slotsReservedBytes: 0, slotsReservedFirst: 0, stackPeakBytes: 0, stackBytes: 0, chunksAfterGc: 0, slotsAfterGcBytes: 0, collections: 0 };
 }
 
-/** Listen on 127.0.0.1 (port 0: ephemeral) for one debug machine. */
-export async function startXsMeter(onLog: (line: string) => void, port = 0): Promise<XsMeter> {
-  interface Machine { name: string; names: string[]; total: XsPeaks; windowed: XsPeaks; lastGc: number; logBuffer: string }
-  const machines: Machine[] = [];
-  const sockets = new Set<net.Socket>();
-  const record = (m: Machine, values: number[]) => {
-    const { names } = m;
-    const at = (name: string) => {
-      const i = names.indexOf(name);
-      return i < 0 ? NaN : values[i];
-    };
-    const chunks = at("Chunk used"), chunksReserved = at("Chunk available"), slots = at("Slot used"), slotsReserved = at("Slot available");
-    const stack = at("Stack used"), stackSize = at("Stack available"), gc = at("Garbage collections");
-    if ([chunks, slots, stack].some(Number.isNaN)) return;
-    for (const p of [m.total, m.windowed]) {
-      if (p.samples === 0) {
-        p.chunksReservedFirst = chunksReserved;
-        p.slotsReservedFirst = slotsReserved;
-      }
-      p.samples++;
-      p.chunksUsed = Math.max(p.chunksUsed, chunks);
-      p.chunksReserved = Math.max(p.chunksReserved, chunksReserved);
-      p.slotsUsedBytes = Math.max(p.slotsUsedBytes, slots);
-      p.slotsReservedBytes = Math.max(p.slotsReservedBytes, slotsReserved);
-      p.stackPeakBytes = Math.max(p.stackPeakBytes, stack);
-      p.stackBytes = Math.max(p.stackBytes, stackSize);
-      p.collections = Math.max(p.collections, gc);
-      if (m.lastGc >= 0 && gc > m.lastGc) {
-        p.chunksAfterGc = Math.max(p.chunksAfterGc, chunks);
-        p.slotsAfterGcBytes = Math.max(p.slotsAfterGcBytes, slots);
-      }
+export class XsPeakTracker {
+  #mainNames: string[] | undefined;
+  #lastGc = new Map<string, number>();
+  readonly machines = new Map<string, XsPeaks>();
+
+  /** Feed one line of mcsim's output; true when it was an instrumentation line (and was taken in). */
+  line(text: string): boolean {
+    const key = /^instruments key: (.*)$/.exec(text);
+    if (key) {
+      this.#mainNames = key[1].split(",");
+      return true;
     }
-    m.lastGc = gc;
-  };
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.setEncoding("utf8");
-    let text = "";
-    const m: Machine = { name: "?", names: [], total: empty(), windowed: empty(), lastGc: -1, logBuffer: "" };
-    machines.push(m);
-    socket.on("data", (chunk: string) => {
-      text += chunk;
-      for (;;) {
-        const end = text.indexOf("</xsbug>");
-        if (end < 0) break;
-        const message = text.slice(0, end);
-        text = text.slice(end + 8);
-        const login = /<login name="([^"]*)"/.exec(message);
-        if (login) {
-          m.name = decode(login[1]);
-          socket.write("\r\n<set-all-breakpoints></set-all-breakpoints>\r\n");
-        }
-        const inst = /<instruments>([\s\S]*?)<\/instruments>/.exec(message);
-        if (inst) m.names = [...inst[1].matchAll(/<instrument name="([^"]*)"/g)].map((x) => decode(x[1]));
-        for (const x of message.matchAll(/<samples>([^<]*)<\/samples>/g)) record(m, x[1].split(",").map(Number));
-        for (const x of message.matchAll(/<log(?: [^>]*)?>([\s\S]*?)<\/log>/g)) {
-          m.logBuffer += decode(x[1]);
-          const lines = m.logBuffer.split("\n");
-          m.logBuffer = lines.pop() ?? "";
-          for (const line of lines) onLog(line);
-        }
-        // Anything that stops the machine (an exception it was not asked to break on, a debugger statement) goes on.
-        const brk = /<break(?: path="([^"]*)" line="(\d+)")?[^>]*>([\s\S]*?)<\/break>/.exec(message);
-        if (brk) {
-          onLog(`(break at ${decode(brk[1] ?? "?")}:${brk[2] ?? "?"}: ${decode(brk[3]).trim()})`);
-          socket.write("\r\n<go/>\r\n");
-        }
-      }
-    });
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => sockets.delete(socket));
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, "127.0.0.1", () => resolve());
-  });
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    peaks: () => ({ ...(machines[0]?.total ?? empty()) }),
-    machines: () => machines.map((x) => ({ name: x.name, peaks: { ...x.total } })),
-    mark: () => {
-      const m = machines[0];
-      if (!m) return empty();
-      const w = m.windowed;
-      m.windowed = empty();
-      return w;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
+    const sample = /^instruments: ([0-9,-]+)$/.exec(text);
+    if (!sample) return false;
+    const values = sample[1].split(",").map(Number);
+    let machine: string;
+    let names: string[];
+    if (this.#mainNames && values.length === this.#mainNames.length) {
+      machine = "main";
+      names = this.#mainNames;
+    } else if (values.length === XS_INSTRUMENTS.length) {
+      machine = "worker";
+      names = XS_INSTRUMENTS;
+    } else return true;
+    const at = (name: string) => values[names.indexOf(name)];
+    if (names.indexOf("Chunk used") < 0) return true;
+    const p = this.machines.get(machine) ?? empty();
+    this.machines.set(machine, p);
+    const chunks = at("Chunk used"), slots = at("Slot used"), gc = at("Garbage collections");
+    if (p.samples === 0) {
+      p.chunksReservedFirst = at("Chunk available");
+      p.slotsReservedFirst = at("Slot available");
+    }
+    p.samples++;
+    p.chunksUsed = Math.max(p.chunksUsed, chunks);
+    p.chunksReserved = Math.max(p.chunksReserved, at("Chunk available"));
+    p.slotsUsedBytes = Math.max(p.slotsUsedBytes, slots);
+    p.slotsReservedBytes = Math.max(p.slotsReservedBytes, at("Slot available"));
+    p.stackPeakBytes = Math.max(p.stackPeakBytes, at("Stack used"));
+    p.stackBytes = Math.max(p.stackBytes, at("Stack available"));
+    const last = this.#lastGc.get(machine);
+    if (last !== undefined && gc > last) {
+      p.chunksAfterGc = Math.max(p.chunksAfterGc, chunks);
+      p.slotsAfterGcBytes = Math.max(p.slotsAfterGcBytes, slots);
+    }
+    p.collections = Math.max(p.collections, gc);
+    this.#lastGc.set(machine, gc);
+    return true;
+  }
+}
+
+/** One line of peaks: slot figures in slots (what creation.heap and creation.stack count), the rest in bytes. */
+export function describePeaks(p: XsPeaks, slotBytes = 32): string {
+  const slots = (b: number) => Math.round(b / slotBytes);
+  return [
+    `${p.samples} samples`,
+    `stack peak ${slots(p.stackPeakBytes)} of ${slots(p.stackBytes)} slots`,
+    `slots in use ≤ ${slots(p.slotsUsedBytes)} (${slots(p.slotsAfterGcBytes)} after a collection), reserved ${slots(p.slotsReservedFirst)} → ${slots(p.slotsReservedBytes)}`,
+    `chunks in use ≤ ${p.chunksUsed} B (${p.chunksAfterGc} B after a collection), reserved ${p.chunksReservedFirst} → ${p.chunksReserved} B`,
+    `${p.collections} collections`,
+  ].join("; ");
 }
