@@ -111,6 +111,14 @@ test("every platform maps a chip-lock adapter, and binds exactly the eFuse funct
   t.true(body.indexOf("bootloader_random_enable()") < body.indexOf("fill(target"));
 });
 
+test("the device shows a refused chip with its own LED pattern, and wires the chip and the entropy source into the boot", (t) => {
+  const main = fs.readFileSync("modules/device/main.ts", "utf8");
+  t.regex(main, /chipLock: \{ build: \{ release: settings\.release, secureVersion: settings\.secureVersion \}, read: board\.chip \}/);
+  t.regex(main, /entropyReady: \(\) => d\.random\.entropyReady\(\)/);
+  t.regex(main, /e instanceof ChipLockError\) \{[^}]*led\.set\("unlocked"\)/);
+  for (const board of ["modules/device/board.ts", "modules/device/board-sim.ts"]) t.regex(fs.readFileSync(board, "utf8"), /chip: readChipState/, board);
+});
+
 test("the release manifest's settings reach the device: release and the secure version", (t) => {
   const base = { doorward: { board: "x", broker: { host: "a.example", port: 8883 }, trustAnchors: ["r"], timeFloorMs: 1, time: { source: "sntp" }, provisioning: { channel: "serial" } } };
   const dev = parseSettings(base);

@@ -11,6 +11,7 @@
  *   online        steady on                 the MQTT link is up
  *   offline       short blink every 2 s     was online; retrying with backoff
  *   error         10 Hz flicker             cannot run (bad config, no vault key, ...): see the log
+ *   unlocked      two long, one short, 3 s  a release build on a chip without its locks: no secret is read
  *   ring          three quick flickers      a press was recognised
  *   ring-sent     one long glow             the broker acknowledged the ring
  *
@@ -19,7 +20,7 @@
  * so the host tests play the patterns on a manual clock.
  */
 
-export type LedStatus = "provisioning" | "connecting" | "online" | "offline" | "error";
+export type LedStatus = "provisioning" | "connecting" | "online" | "offline" | "error" | "unlocked";
 export type LedFlash = "ring" | "ring-sent";
 
 /** Milliseconds on, off, on, off...; an empty list is steady on, [0] steady off. */
@@ -29,6 +30,7 @@ export const LED_PATTERNS: Readonly<Record<LedStatus, readonly number[]>> = {
   online: [],
   offline: [120, 1880],
   error: [50, 50],
+  unlocked: [600, 200, 600, 200, 150, 1250],
 };
 
 /**

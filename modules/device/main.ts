@@ -36,6 +36,7 @@
 import config from "mc/config";
 import Time from "time";
 import { bootFirmware, type RunningFirmware, type WaitingFirmware } from "../core/firmware";
+import { ChipLockError } from "../core/chip-lock";
 import type { DeviceIdentity } from "../core/provisioning";
 import type { Log } from "../core/ports";
 import type { Board } from "./board-api";
@@ -177,7 +178,15 @@ function boot(d: Device): void {
     bringUp?.stop();
     bringUp = undefined;
     log("error", "cannot start", { reason: reason(e) });
-    led.set("error");
+    if (e instanceof ChipLockError) {
+      // Its own pattern, and the reason again every 30 s for whoever attaches a console later.
+      led.set("unlocked");
+      const remind = () => {
+        log("error", "cannot start", { reason: reason(e) });
+        clock.schedule(remind, 30_000);
+      };
+      clock.schedule(remind, 30_000);
+    } else led.set("error");
     return;
   }
   if (firmware.state !== "running") {
