@@ -62,6 +62,7 @@ const LIBRARIES = new Set([
   "tools/webapp.ts",
   "tools/bench/xs-commands.ts",
   "tools/bench/xs-snapshot.ts",
+  "tools/bench/device-timeline.ts",
   "tools/xs/callgrind.ts",
   "tools/xs/core.ts",
   "tools/xs/deterministic.ts",
