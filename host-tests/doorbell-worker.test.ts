@@ -25,9 +25,10 @@ function setup(poolSize = 4, reserve = 2) {
   };
   const jobs: CryptoJob[] = [];
   let deliver!: (r: CryptoReply) => void;
+  let lose!: (why: string) => void;
   const crypto = new QueuedCrypto({
     post: (job) => void jobs.push({ ...job, a: job.a.slice(), b: job.b?.slice(), c: job.c?.slice() }),
-    listen: (r) => { deliver = r; },
+    listen: (r, l) => { deliver = r; lose = l; },
   });
   const logs: string[] = [];
   const doorbell = new Doorbell({
@@ -49,7 +50,7 @@ function setup(poolSize = 4, reserve = 2) {
     clock.advance(100);
   };
   const events = () => published.map((p) => openEnvelope(p));
-  return { clock, doorbell, crypto, jobs, work, press, events, logs };
+  return { clock, doorbell, crypto, jobs, work, press, events, logs, lose: (why: string) => lose(why) };
 }
 
 test("the worker fills the pool one nonce at a time, then stops; nothing is precomputed on the main machine", async (t) => {
@@ -115,5 +116,24 @@ test("the ring waiting for its nonce is stamped at the press, not when it is sig
   const ring = s.events().find((e) => e.event.type === "ring")!;
   t.true(Math.abs((ring.event.time as number) - pressedAt) <= 200, "time of the press");
   t.is(s.doorbell.signer.stats.slow, 0);
+  s.doorbell.stop();
+});
+
+test("a worker that dies never costs a ring: the waiting press is signed here, and nonces are precomputed here again", async (t) => {
+  const s = setup(2, 1);
+  s.doorbell.start();
+  s.press();
+  t.is(s.doorbell.rings, 0, "waiting for the worker");
+  s.lose("task deleted");
+  await new Promise((r) => setImmediate(r));
+  t.is(s.doorbell.rings, 1, "the ring went out, signed on the slow path");
+  t.is(s.doorbell.signer.stats.slow, 1);
+  t.true(s.logs.includes("crypto worker gone: nonces are precomputed on this machine while idle"));
+  s.clock.advance(5_000);
+  t.is(s.doorbell.signer.ready, 2, "the pool refilled on this machine");
+  s.press();
+  t.is(s.doorbell.rings, 2);
+  t.is(s.doorbell.signer.stats.slow, 1, "and the next press used it");
+  for (const e of s.events()) t.true(opensslVerify(e.message, e.signature, s.doorbell.signer.publicKey));
   s.doorbell.stop();
 });

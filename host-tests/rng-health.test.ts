@@ -214,6 +214,7 @@ test("no device key from a stuck RNG or before the entropy source runs: provisio
 function laterCrypto() {
   return {
     concurrent: true,
+    available: true,
     pending: 0,
     async noncePoint(seed: Uint8Array) {
       await new Promise((r) => setImmediate(r));

@@ -263,11 +263,19 @@ export class Doorbell {
   }
 
   async #sealWithOwnNonce(crypto: HeavyCrypto, time: number | null): Promise<void> {
+    const event = this.#event("ring", {}, time);
+    let sealed: Uint8Array | null = null;
     try {
-      const event = this.#event("ring", {}, time);
       const signature = await this.signer.signWhenReady(signingMessage(event), crypto);
-      if (!this.#started) return;
-      this.#ringed(this.#queue(event, sealEvent(event, { publicKey: this.signer.publicKey, sign: () => signature }), "ring"));
+      sealed = sealEvent(event, { publicKey: this.signer.publicKey, sign: () => signature });
+    } catch (e) {
+      // The worker failed or is gone: the ring is still signed, here, on the slow path (#queue logs it).
+      this.#options.log("error", "crypto worker failed; ring signed on this machine", { reason: String((e as Error)?.message ?? e) });
+      this.#workerGone();
+    }
+    if (!this.#started) return;
+    try {
+      this.#ringed(this.#queue(event, sealed, "ring"));
     } catch (e) {
       this.#options.log("error", "ring could not be signed", { reason: String((e as Error)?.message ?? e) });
     }
@@ -428,9 +436,20 @@ export class Doorbell {
       (e) => {
         this.#refilling = false;
         this.#options.log("error", "nonce refill failed", { reason: String((e as Error)?.message ?? e) });
-        this.#options.clock.schedule(() => this.#topUp(), PRECOMPUTE_RETRY_MS);
+        if (!crypto.available) this.#workerGone();
+        else this.#options.clock.schedule(() => this.#topUp(), PRECOMPUTE_RETRY_MS);
       },
     );
+  }
+
+  /** The worker is gone for good: back to the single-machine design (idle precompute here), nothing held. */
+  #workerGone(): void {
+    const crypto = this.#crypto;
+    if (!crypto || crypto.available) return;
+    this.#crypto = undefined;
+    this.#options.log("warn", "crypto worker gone: nonces are precomputed on this machine while idle", {});
+    while (this.#waiting.length > 0) this.#waiting.shift()!(true);
+    this.#schedulePrecompute(this.#options.precomputeDelayMs ?? 250);
   }
 
   #serveWaiting(): void {

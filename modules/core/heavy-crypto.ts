@@ -44,6 +44,8 @@ export interface HeavyCrypto {
   readonly pending: number;
   /** True when the work runs off the main machine, so the caller need not wait for idle time to start it. */
   readonly concurrent: boolean;
+  /** False once the worker is closed or lost: every job would fail, so callers go back to their own machine. */
+  readonly available: boolean;
 }
 
 export class CryptoWorkerError extends Error {
@@ -160,6 +162,10 @@ export class QueuedCrypto implements HeavyCrypto {
     return this.#queue.length + (this.#running ? 1 : 0);
   }
 
+  get available(): boolean {
+    return !this.#closed;
+  }
+
   noncePoint(oneTimeSeed: Uint8Array, priority: CryptoPriority = "refill"): Promise<Uint8Array> {
     return this.#submit({ op: "point", a: oneTimeSeed.slice() }, priority) as Promise<Uint8Array>;
   }
@@ -254,6 +260,7 @@ function wipeSecrets(job: CryptoJob): void {
  */
 export class InlineCrypto implements HeavyCrypto {
   readonly concurrent = false;
+  readonly available = true;
   readonly pending = 0;
   #id = 1;
 
