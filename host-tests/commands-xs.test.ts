@@ -4,7 +4,7 @@
  * device-side cost of each step (enrolment, a grant with its Ed25519 verify, a
  * command check, each cheap refusal, a revocation, a content-key wrap). A full
  * tweetnacl sign and verify are metered in the same worker for calibration
- * against the instruction counts in /work/shared/facts/xs-crypto-costs.md.
+ * against the instruction counts in the SDK check notes on XS crypto costs.
  */
 import test from "ava";
 import { AccessControl } from "../modules/core/commands";

@@ -181,7 +181,7 @@ const TESTED: Record<string, (t: import("ava").ExecutionContext) => Promise<void
     t.is(fs.statSync(placed).mode & 0o777, 0o600);
     t.false(fs.existsSync(src), "the source bundle is erased");
   },
-  'sed -e "s/REGION/$AWS_REGION/g" -e "s/ACCOUNT_ID/$ACCOUNT_ID/g" docs/aws-policy.json > /tmp/doorward-policy.json': (t) => {
+  'sed -e "s/REGION/$AWS_REGION/g" -e "s/ACCOUNT_ID/$ACCOUNT_ID/g" docs/aws-policy.json > doorward-policy.json': (t) => {
     const out = path.join(tmp("dw-guide-policy-"), "doorward-policy.json");
     const r = sh(`sed -e "s/REGION/$AWS_REGION/g" -e "s/ACCOUNT_ID/$ACCOUNT_ID/g" docs/aws-policy.json > ${out}`, { ...process.env, AWS_REGION: "eu-west-1", ACCOUNT_ID: "123456789012" });
     t.is(r.status, 0, r.stderr);

@@ -57,7 +57,7 @@ async function until(predicate: () => boolean, timeoutMs = 10_000): Promise<void
   }
 }
 
-/** The wiring the lead adds to the doorbell: commands in, replies out, actions to the camera and chime. */
+/** The wiring bootFirmware gives the doorbell: commands in, replies out, actions to the camera and chime. */
 async function device() {
   const deviceBox = createDeviceBoxKeys();
   const ownerKeys = createUserKeys("owner", "owner");

@@ -2,7 +2,7 @@
  * The update path's core on the real XS engine: the release manifest check and
  * the pure-JS SHA-256 give the same answers as on Node, and the XS meter puts
  * a number on the one Ed25519 verify an update costs, next to a plain sign
- * (whose ESP32 time /work/shared/facts/xs-crypto-costs.md models).
+ * (whose ESP32 time the SDK check notes on XS crypto costs model).
  */
 import test from "ava";
 import { createHash } from "node:crypto";

@@ -8,7 +8,7 @@
  * and authenticates every record (one SHA-512 for the key, one secretbox open
  * per record); the XS meter of that call is logged, and where valgrind is
  * installed so is its x86 instruction count, which the ESP32 model in
- * /work/shared/facts/xs-crypto-costs.md turns into time (one instruction per
+ * the SDK check notes on XS crypto costs turn into time (one instruction per
  * cycle at 240 MHz: a lower bound; 1.3-3x that with software floating point).
  */
 import test, { type ExecutionContext } from "ava";

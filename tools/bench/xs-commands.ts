@@ -3,7 +3,7 @@
  * one scenario (owner, a viewer, a stranger) whose commands run through the
  * core's AccessControl inside the XS engine, each step metered on its own. A
  * full tweetnacl sign, verify and box.before are metered in the same worker
- * for calibration against shared/facts/xs-crypto-costs.md.
+ * for calibration against the SDK check notes on XS crypto costs.
  */
 import nacl from "tweetnacl";
 import { fromBase64Url, toBase64Url } from "../../modules/core/bytes";

@@ -1,7 +1,7 @@
 /*
  * What the ring path costs on the real XS engine: meter units (deterministic,
  * from xsnap) and x86 instructions (callgrind, when valgrind is installed),
- * with the ESP32-S3 model of shared/facts/xs-crypto-costs.md beside them.
+ * with the ESP32-S3 model of the SDK check notes on XS crypto costs beside them.
  *
  * The doorbell runs unchanged inside XS with in-XS stand-ins for its ports: a
  * manual clock, the harness's seeded Random and RAM store, and a transport
