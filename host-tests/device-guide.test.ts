@@ -135,13 +135,15 @@ const TESTED: Record<string, (t: import("ava").ExecutionContext) => Promise<void
     t.regex(all.stdout, /ok +MODDABLE/);
   },
   "npx tsx tools/standin.ts": async (t) => {
+    t.timeout(200_000);
     const pki = tmp("dw-guide-standin-");
     // Its own process group, so that stopping it stops npx's children too (and nothing else).
     const child = spawn("sh", ["-c", "exec npx tsx tools/standin.ts"], { cwd: REPO, env: { ...process.env, DOORWARD_BROKER_PORT: "0", DOORWARD_PKI_DIR: pki }, stdio: ["ignore", "pipe", "pipe"], detached: true });
     const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
     let out = "";
     const up = await new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(false), 60_000);
+      // First it makes three RSA keys: seconds alone, minutes on a loaded machine. What is tested is that it comes up.
+      const timer = setTimeout(() => resolve(false), 170_000);
       child.stdout.on("data", (d) => {
         out += d;
         if (/AWS IoT stand-in listening on mqtts:\/\/127\.0\.0\.1:\d+/.test(out)) {

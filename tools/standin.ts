@@ -681,7 +681,7 @@ AWS's client-ID, policy, size and rate rules. It runs until Ctrl-C.
 async function main(args: Parsed<typeof CLI.options>): Promise<void> {
   const port = args.values.port !== undefined ? portOption("port", args.values.port) : process.env.DOORWARD_BROKER_PORT !== undefined ? portOption("port (DOORWARD_BROKER_PORT)", process.env.DOORWARD_BROKER_PORT) : 8883;
   const pkiDir = path.resolve(args.values.pki ?? process.env.DOORWARD_PKI_DIR ?? DEFAULT_PKI_DIR);
-  const pki = await ensureDevPki(pkiDir);
+  const pki = await ensureDevPki(pkiDir, { progress: (line) => console.log(`${line} ...`) });
   const things = [...(args.values.thing ?? []), ...(process.env.DOORWARD_THINGS ?? "").split(",")].map((s) => s.trim()).filter(Boolean);
   let standin: Standin;
   try {
