@@ -46,6 +46,7 @@ const COMMANDS: Record<string, string> = {
 const LIBRARIES = new Set([
   "tools/lib/cli.ts",
   "tools/lib/broker.ts",
+  "tools/fleet-verifier-lambda.ts",
   "tools/lib/home-lock.ts",
   "tools/bench/device-timeline.ts",
   "tools/sim-lin.ts",

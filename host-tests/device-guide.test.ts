@@ -25,6 +25,8 @@ import { endpointAllowed, parseSettings } from "../modules/device/settings";
 import { BOARDS, ESP_IDF_VERSION, MODDABLE_VERSION, REPO, mcconfigArgs } from "../tools/mc";
 import { displayProblem } from "../tools/sim-lin";
 import { policyAllows, type IotAction, type PolicyDocument } from "../tools/standin/aws-policy";
+import { firmwareJobDocument } from "../tools/update-service";
+import { createRequire } from "node:module";
 
 const README = fs.readFileSync(path.join(REPO, "README.md"), "utf8");
 const AWS_DOC = fs.readFileSync(path.join(REPO, "docs", "aws.md"), "utf8");
@@ -117,6 +119,36 @@ test("every command in the guide and in docs/aws.md says what it needs, and ever
   t.deepEqual(markerOf("npm run flash:xiao -- --broker x"), []);
   t.deepEqual(commandsOf("```sh\nfoo \\\n  bar   # needs SDK\n# a comment\n```\n"), ["foo bar   # needs SDK"]);
 });
+
+/**
+ * A scratch folder that looks like the repository to `npx tsx tools/...` (its code copied or linked in),
+ * so a command the doc runs in the reader's working folder writes its files here, not in the tree.
+ */
+function scratchRepo(prefix: string): string {
+  const dir = tmp(prefix);
+  // tools/ is copied: a command knows it is the entry point by its own path, which a link would change.
+  fs.cpSync(path.join(REPO, "tools"), path.join(dir, "tools"), { recursive: true });
+  for (const name of ["modules", "node_modules", "package.json", "tsconfig.json", "hardware", "manifest.json", "types", "assets", "certs"]) {
+    if (fs.existsSync(path.join(REPO, name))) fs.symlinkSync(path.join(REPO, name), path.join(dir, name));
+  }
+  return dir;
+}
+
+/** The release the update section of docs/aws.md signs: a release key and an image in a scratch folder, then its sign line. */
+let releaseFolder: Promise<string> | undefined;
+const SIGN_LINE = "npx tsx tools/release.ts sign --key release.key --image fw.bin --version 43 --board esp32/xiao_esp32s3_sense --label 1.4.3";
+function signedRelease(): Promise<string> {
+  releaseFolder ??= (async () => {
+    const dir = scratchRepo("dw-guide-release-");
+    const run = (line: string) => spawnSync("sh", ["-c", line], { cwd: dir, encoding: "utf8", timeout: 120_000 });
+    for (const line of ["npx tsx tools/release.ts keygen --out .", "npx tsx tools/release.ts sim-image --version 43 --board esp32/xiao_esp32s3_sense --out fw.bin", SIGN_LINE]) {
+      const r = run(line);
+      if (r.status !== 0) throw new Error(`${line}: ${r.stdout}${r.stderr}`);
+    }
+    return dir;
+  })();
+  return releaseFolder;
+}
 
 /** The commands the documents mark "# tested", and how each is run and checked here. */
 const TESTED: Record<string, (t: import("ava").ExecutionContext) => Promise<void> | void> = {
@@ -214,6 +246,31 @@ function linConfig(): Record<string, unknown> {
   };
   return merge(merge(merge({}, lin.config), m.config), m.platforms.lin.config);
 }
+
+TESTED[SIGN_LINE] = async (t) => {
+  const dir = await signedRelease();
+  const manifest = JSON.parse(fs.readFileSync(path.join(dir, "fw.bin.manifest.json"), "utf8")) as { manifest: { version: number; board: string; label: string; size: number }; sig: string };
+  t.like(manifest.manifest, { version: 43, board: "esp32/xiao_esp32s3_sense", label: "1.4.3", size: fs.statSync(path.join(dir, "fw.bin")).size });
+  t.is(manifest.sig.length, 86);
+};
+TESTED[`jq -c '{operation: "doorward.firmware", release: ., stream: {id: "doorward-fw-43", file: 0}}' fw.bin.manifest.json > job.json`] = async (t) => {
+  const dir = await signedRelease();
+  const line = commandsOf(AWS_DOC).map(bare).find((c) => c.startsWith("jq "))!;
+  const r = spawnSync("sh", ["-c", line], { cwd: dir, encoding: "utf8", timeout: 30_000 });
+  t.is(r.status, 0, r.stderr);
+  const release = JSON.parse(fs.readFileSync(path.join(dir, "fw.bin.manifest.json"), "utf8"));
+  t.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, "job.json"), "utf8")), firmwareJobDocument(release, { id: "doorward-fw-43", file: 0 }), "the job document the update service would make");
+};
+TESTED["npx esbuild tools/fleet-verifier-lambda.ts --bundle --platform=node --format=cjs --outfile=build/lambda/index.js && (cd build/lambda && zip -q ../verifier.zip index.js)"] = (t) => {
+  const dir = scratchRepo("dw-guide-lambda-");
+  const line = commandsOf(AWS_DOC).map(bare).find((c) => c.startsWith("npx esbuild "))!;
+  const r = spawnSync("sh", ["-c", line], { cwd: dir, encoding: "utf8", timeout: 120_000 });
+  t.is(r.status, 0, r.stdout + r.stderr);
+  const listing = spawnSync("unzip", ["-l", path.join(dir, "build", "verifier.zip")], { encoding: "utf8" });
+  t.regex(listing.stdout, /\bindex\.js\n/, "the zip holds index.js, which --handler index.handler names");
+  const handler = createRequire(import.meta.url)(path.join(dir, "build", "lambda", "index.js")).handler;
+  t.is(typeof handler, "function");
+};
 
 for (const [command, run] of Object.entries(TESTED)) test(`guide command runs: ${command}`, run);
 

@@ -130,6 +130,8 @@ export const OUTSIDE_WORLD_TOOLS: Readonly<Record<string, string>> = {
   "tools/cloud.ts": "plays the owner's backend: a separate MQTT client of the broker",
   "tools/snapshot-consumer.ts": "the owner's snapshot viewer: a cloud-side MQTT client",
   "tools/bench/latency.ts": "the bench's bare-MQTT baseline client, measured against the device path",
+  "tools/lib/broker.ts": "how the cloud-side tools join a broker (the service identity's mqtt.js client, with deadlines and named refusals); the device never uses it",
+  "tools/mosquitto.ts": "runs Mosquitto as a broker of the user's own and probes a free loopback port for it",
   "tools/simulator.ts": "runs the phone apps' MQTT client and a local HTTP button beside the simulated device; the device inside reaches the network only through modules/host/egress",
   "tools/standin/wss.ts": "plays AWS IoT Core's MQTT-over-WebSocket endpoint for browsers, and serves the owner web app's page (127.0.0.1 only)",
   "webapp/main.ts": "the owner web app in a browser: the owner's phone, an MQTT-over-WebSocket client of the broker",

@@ -3,7 +3,8 @@
  * broker the user already runs can be checked against the same rules as the
  * stand-in: mutual TLS against one CA, the certificate's CN as the identity
  * (use_identity_as_username), a per-thing ACL confining each thing to
- * doorward/<itself>/... and its own $aws/things/<itself>/{jobs,streams}/...,
+ * doorward/<itself>/... and its own $aws/things/<itself>/{jobs,streams}/...
+ * and named shadow doorward-acl,
  * the service identity fanning in events, snapshots and replies and sending
  * commands, a 128 KB payload limit and QoS 1 at most.
  *
@@ -47,12 +48,13 @@ export interface MosquittoConfigOptions {
 /** The ACL: one pattern block for every identity (%u is the certificate CN), then the service's fan-in. */
 export function mosquittoAcl(serviceName = SERVICE_NAME): string {
   return [
-    "# Every identity: its own doorward/<cn>/... subtree and its own Jobs and streams topics.",
+    "# Every identity: its own doorward/<cn>/... subtree, its own Jobs and streams topics and its access-anchor shadow.",
     "pattern readwrite doorward/%u/#",
     "pattern readwrite $aws/things/%u/jobs/#",
     "pattern readwrite $aws/things/%u/streams/#",
+    "pattern readwrite $aws/things/%u/shadow/name/doorward-acl/#",
     "",
-    `# The cloud service: every thing's events, snapshots and replies in; commands out; plays Jobs and streams.`,
+    `# The cloud service: every thing's events, snapshots and replies in; commands out; plays Jobs, streams and shadows.`,
     `user ${serviceName}`,
     "topic read doorward/+/events",
     "topic read doorward/+/snapshots",
@@ -60,6 +62,7 @@ export function mosquittoAcl(serviceName = SERVICE_NAME): string {
     "topic write doorward/+/commands",
     "topic readwrite $aws/things/+/jobs/#",
     "topic readwrite $aws/things/+/streams/#",
+    "topic readwrite $aws/things/+/shadow/name/+/#",
     "",
   ].join("\n");
 }

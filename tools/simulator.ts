@@ -41,7 +41,8 @@ import { demoUpdate } from "./update-service";
 const SIM_BOARD = "host/sim";
 import { ensureDevPki } from "./pki";
 import { startStandin, type Standin } from "./standin";
-import { BROKER_OPTIONS, BROKER_USAGE, brokerFromFlags, brokerName, closeClient, joinBroker, type BrokerSettings } from "./lib/broker";
+import { BROKER_OPTIONS, BROKER_USAGE, brokerFromFlags, brokerName, closeClient, joinBroker, type BrokerConnection, type BrokerSettings } from "./lib/broker";
+import { ShadowService } from "./standin/shadow";
 import { DEFAULT_ENDPOINT } from "./provision";
 import { CloudConsumer } from "./cloud";
 import { devicePaths, main as provisionCli, openSimulatedDevice } from "./provision";
@@ -140,9 +141,24 @@ async function runLocked(o: SimOptions, say: (line: string) => void): Promise<nu
   const pki = await ensureDevPki(pkiDir, { progress: (line) => say(`  ${line} ...`) });
   let standin: Standin | undefined;
   let service: BrokerSettings;
+  let shadowPlayer: BrokerConnection | undefined;
   if (o.broker) {
     service = o.broker;
     say(`broker ${brokerName(service)} (yours; no stand-in started), cloud side as ${service.clientId}`);
+    // A broker of the user's own has no device shadows: play the named shadows the device keeps its access anchor in, as the stand-in does.
+    const shadows = new ShadowService();
+    try {
+      shadowPlayer = await joinBroker(service, {
+        suffix: "shadows",
+        subscribe: ["$aws/things/+/shadow/name/+/get", "$aws/things/+/shadow/name/+/update"],
+        onMessage: (topic, payload) => {
+          for (const a of shadows.handle(topic, payload) ?? []) shadowPlayer?.client.publish(a.topic, a.payload, { qos: 1 });
+        },
+      });
+    } catch (e) {
+      say(`cloud side could not join: ${(e as Error).message}`);
+      return 1;
+    }
   } else {
     standin = await startStandin({ pki });
     service = { host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: pki.service.name, ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem };
@@ -220,6 +236,7 @@ async function runLocked(o: SimOptions, say: (line: string) => void): Promise<nu
   };
   if (!powerOn()) {
     await cryptoWorker.close();
+    await shadowPlayer?.close();
     await standin?.close();
     return 1;
   }
@@ -228,6 +245,7 @@ async function runLocked(o: SimOptions, say: (line: string) => void): Promise<nu
   if (target.host !== service.host || target.port !== service.port) {
     firmware.stop();
     await cryptoWorker.close();
+    await shadowPlayer?.close();
     await standin?.close();
     const where = `${identity.endpoint.host}${identity.endpoint.port === undefined ? "" : `:${identity.endpoint.port}`}`;
     say(o.broker
@@ -242,6 +260,7 @@ async function runLocked(o: SimOptions, say: (line: string) => void): Promise<nu
     firmware.stop();
     await cryptoWorker.close();
     await cloud.close();
+    await shadowPlayer?.close();
     await standin?.close();
   };
   try {
