@@ -20,7 +20,7 @@ import { measureXsRing, esp32Ms } from "./bench/xs-ring";
 import { measureCommandCosts } from "./bench/xs-commands";
 import { measureSnapshotCosts, FRAME, CHUNK_SIZES } from "./bench/xs-snapshot";
 import { startXsCore } from "./xs/core";
-import { measureTimelineCosts, runDay, TIMELINE_POLICY, type TimelineRun } from "./bench/device-timeline";
+import { measureTimelineCosts, runDay, scaledCosts, TIMELINE_POLICY, type TimelineRun } from "./bench/device-timeline";
 import { runAsEntry, type Parsed } from "./lib/cli";
 
 const CLI = {
@@ -57,7 +57,12 @@ async function main(args: Parsed<typeof CLI.options>): Promise<number> {
   const snapshotJsPerKb: Record<number, number> = {};
   for (const c of CHUNK_SIZES) snapshotJsPerKb[c] = (snapshot.perFrame[c] - snapshot.standinsOnly[c]) / (FRAME / 1024);
   const timelineCosts = await measureTimelineCosts(commands, snapshotJsPerKb[8192]);
-  const days: TimelineRun[] = [await runDay("one core", timelineCosts), await runDay("with worker", timelineCosts)];
+  const days: TimelineRun[] = [
+    await runDay("one core", timelineCosts),
+    await runDay("with worker", timelineCosts),
+    // The same day with every cost tripled (the top of the realistic range): does the pool still carry it?
+    await runDay("with worker", scaledCosts(timelineCosts, 3), "with worker, costs ×3"),
+  ];
   if (args.values.timeline) {
     timelineRows(days);
     print();

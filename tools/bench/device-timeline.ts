@@ -206,7 +206,7 @@ function percentile(values: number[], p: number): number {
 }
 
 export interface TimelineRun {
-  mode: "one core" | "with worker";
+  mode: string;
   presses: number;
   pressToSigned: { worst: number; p99: number; p50: number };
   /** Presses whose ring found no precomputed nonce (a full sign on one core; a nonce made for it on the worker). */
@@ -225,10 +225,10 @@ export interface TimelineRun {
 }
 
 /** One scripted day. Deterministic: seeded randomness, virtual time. */
-export async function runDay(mode: "one core" | "with worker", costs: TimelineCosts): Promise<TimelineRun> {
+export async function runDay(kind: "one core" | "with worker", costs: TimelineCosts, mode: string = kind): Promise<TimelineRun> {
   const m = new Machine();
   const random = new SeededRandom(11);
-  const crypto: HeavyCrypto | undefined = mode === "with worker" ? workerCore(m, costs) : undefined;
+  const crypto: HeavyCrypto | undefined = kind === "with worker" ? workerCore(m, costs) : undefined;
   const thing = "timeline-porch";
   const deviceBox = createDeviceBoxKeys(random);
   const ownerKeys = createUserKeys("owner", "owner", random);
@@ -503,6 +503,13 @@ export async function runDay(mode: "one core" | "with worker", costs: TimelineCo
     commands: commandCounts,
     mainBusyMs: busyMs,
   };
+}
+
+/** Every cost times `factor`: the model is a lower bound, and tweetnacl's Float64 code runs 1.3–3× slower on the chip. */
+export function scaledCosts(costs: TimelineCosts, factor: number): TimelineCosts {
+  const out = { ...costs, units: costs.units };
+  for (const k of Object.keys(out) as Array<keyof TimelineCosts>) if (k !== "units") (out[k] as number) = (costs[k] as number) * factor;
+  return out;
 }
 
 export const TIMELINE_POLICY = { pool: DEFAULT_NONCE_POOL, reserve: DEFAULT_NONCE_RESERVE };
