@@ -170,7 +170,8 @@ async function provisionSimDevice(o: SimLinOptions, bundleTarget: string): Promi
   hostRandom.fill(passphrase);
   const bundle = path.join(o.home, "bundles", `${o.thing}.json`);
   const io = {
-    out: (line: string) => o.out(`  provision ${line}`),
+    // The CLI's hint to feed the bundle by hand does not apply: it is placed for the firmware below.
+    out: (line: string) => { if (!/feed it now|tools\/provision\.ts feed/.test(line)) o.out(`  provision ${line}`); },
     err: (line: string) => o.err(`  provision ${line}`),
     readStdin: async () => new TextEncoder().encode(toBase64Url(passphrase)),
     env: o.env,
