@@ -34,7 +34,10 @@ function startSimulator(home: string): Promise<{ child: ChildProcessWithoutNullS
   });
   let out = "";
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the simulator did not print its URLs within 60 s:\n${out}`)), 60_000);
+    const timer = setTimeout(() => {
+      child.kill("SIGTERM"); // else its open pipes keep the test process alive
+      reject(new Error(`the simulator did not print its URLs within 60 s:\n${out}`));
+    }, 60_000);
     const onData = (b: Buffer) => {
       out += b.toString();
       const setup = /take the doorbell over in a browser, once: (\S+)/.exec(out)?.[1];
@@ -150,6 +153,11 @@ test("owner web app in chromium: ring → image; invite → guest sees → revok
   await g.click("#request-snapshot");
   await g.waitForSelector("#request-result[data-ok=false]", { timeout: STEP_MS });
   t.regex((await g.textContent("#request-result")) ?? "", /not on this doorbell's access list .*\(unknown-sender\)/);
+
+  // The fingerprints the owner is shown are the ones the guest's page made.
+  const guestKeys = /sign ([0-9a-f]{16})…, box ([0-9a-f]{16})…/.exec((await g.textContent("#my-keys")) ?? "");
+  t.truthy(guestKeys);
+  t.regex((await o.textContent("[data-testid=answer][data-user=guest]")) ?? "", new RegExp(`sign ${guestKeys![1]}…, box ${guestKeys![2]}…`));
 
   // The owner lets the guest in; the device confirms.
   await o.click("[data-testid=answer][data-user=guest] [data-testid=let-in]", { timeout: STEP_MS });

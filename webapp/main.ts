@@ -315,8 +315,9 @@ class Session {
     say(`${what}: confirmed by the doorbell.`);
   }
 
+  /** Leave cleanly: mqtt.js sends DISCONNECT, so the broker does not wait out the keepalive. */
   close(): void {
-    this.#client.end(true);
+    this.#client.end(false);
   }
 }
 
@@ -441,6 +442,8 @@ async function start(): Promise<void> {
   $("who").textContent = `${profile.user} (${profile.role}) of ${profile.thing}`;
   $("thing").textContent = profile.thing;
   $("device-keys").textContent = `Ed25519 ${toHex(fromBase64Url(profile.deviceSignPublicKey))} · X25519 ${toHex(fromBase64Url(profile.deviceBoxPublicKey))}`;
+  const me = app.identity;
+  $("my-keys").textContent = `your keys (made here): sign ${toHex(me.signPublicKey).slice(0, 16)}…, box ${toHex(me.boxPublicKey).slice(0, 16)}…`;
   renderUsers(session);
   if (answer) {
     await session.publish(answer.topic, answer.payload, true).then(
