@@ -23,7 +23,7 @@ import { readReply, type ReadReply } from "../modules/core/commands";
 import { userFromJson, userToJson, type AccessUser, type Role } from "../modules/core/access";
 import { EventVerifier } from "../tools/event-verifier";
 import { createUserKeys, keysFromJson, keysToJson, OwnerApp, UserApp, type AppKeys, type MadeCommand } from "../tools/user-app";
-import { appClientIdBase, PRESENCE_PREFIX } from "../tools/standin/policy";
+import { appClientIdBase, PRESENCE_PREFIX } from "../tools/standin/app-names";
 import { Keystore, type Profile, type Secrets } from "./keystore";
 import { BrowserSnapshots, type BrowserSnapshot } from "./snapshots";
 import { InvitationError, invitationLink, invitesTopic, openAnswer, parseInvitation, sealAnswer } from "./invitation";

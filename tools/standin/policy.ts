@@ -24,6 +24,7 @@
 
 import { isThingName, TOPIC_ROOT } from "../../modules/core/topics";
 import { loadPolicy, policyAllows, type PolicyDocument } from "./aws-policy";
+import { INVITES_KIND, PRESENCE_PREFIX } from "./app-names";
 
 export type Role = "thing" | "service" | "app";
 
@@ -38,16 +39,7 @@ export interface Identity {
   owner?: boolean;
 }
 
-/** Where a guest's browser answers an invitation: doorward/<thing>/invites/<user>. */
-export const INVITES_KIND = "invites";
-
-/** An app's MQTT client ID: app:<thing>:<user>, optionally :<suffix> for several tabs. */
-export function appClientIdBase(thing: string, user: string): string {
-  return `app:${thing}:${user}`;
-}
-
-/** AWS IoT lifecycle events: $aws/events/presence/{connected,disconnected}/<clientId>. */
-export const PRESENCE_PREFIX = "$aws/events/presence";
+export { appClientIdBase, INVITES_KIND, PRESENCE_PREFIX } from "./app-names";
 
 /** AWS: "The topic in a publish or subscribe request can be no larger than 7 forward slashes". */
 export const MAX_TOPIC_SLASHES = 7;
