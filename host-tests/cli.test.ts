@@ -58,6 +58,7 @@ const LIBRARIES = new Set([
   "tools/standin/aws-policy.ts",
   "tools/standin/shadow.ts",
   "tools/standin/wss.ts",
+  "tools/standin/app-names.ts",
   "tools/user-app.ts",
   "tools/event-verifier.ts",
   "tools/webapp.ts",
