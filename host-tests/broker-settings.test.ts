@@ -8,7 +8,8 @@ import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { ensureDevPki } from "../tools/pki";
+import { ensureDevPki, issueThingCredentials } from "../tools/pki";
+import { HostMqttTransport } from "../modules/host/mqtt-transport";
 import { startStandin } from "../tools/standin";
 import { brokerFromFlags, joinBroker, parseBrokerEndpoint, type BrokerSettings } from "../tools/lib/broker";
 import { describeMqttFailure, MqttFailureError } from "../modules/host/mqtt-failure";
@@ -106,5 +107,33 @@ test("a broker that never answers: the join gives up at its deadline and says wh
   } finally {
     for (const s of sockets) s.destroy();
     silent.close();
+  }
+});
+
+test("the device's transport ends its session with DISCONNECT: the broker reports a client-initiated close, not a lost connection", async (t) => {
+  const pki = await pkiReady;
+  const standin = await startStandin({ pki, connectIntervalMs: 0 });
+  const thing = await issueThingCredentials(pki.dir, "clean-1");
+  // What the stand-in publishes as AWS's lifecycle events (apps subscribe to them; the service identity may not).
+  const events: Array<{ eventType: string; disconnectReason?: string }> = [];
+  const publish = standin.publish.bind(standin);
+  standin.publish = ((topic: string, payload: string | Uint8Array, o?: { qos?: 0 | 1 }) => {
+    if (topic.startsWith("$aws/events/presence/")) events.push(JSON.parse(String(payload)));
+    return publish(topic, payload as never, o as never);
+  }) as typeof standin.publish;
+  const session = async (end: (transport: HostMqttTransport) => void) => {
+    const transport = new HostMqttTransport({ host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: "clean-1", ca: pki.ca.certPem, cert: thing.certPem, key: thing.keyPem });
+    await new Promise<void>((resolve, reject) => transport.connect({ onConnect: () => resolve(), onClose: (r) => reject(new Error(r)), onMessage: () => {} }));
+    const before = events.length;
+    end(transport);
+    const deadline = Date.now() + 5000;
+    while (!events.slice(before).some((e) => e.eventType === "disconnected") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    return events.slice(before).find((e) => e.eventType === "disconnected");
+  };
+  try {
+    t.like(await session((tr) => tr.close()), { disconnectReason: "CLIENT_INITIATED_DISCONNECT" });
+    t.like(await session(() => standin.disconnect("clean-1")), { disconnectReason: "CONNECTION_LOST" }, "the check tells the two apart");
+  } finally {
+    await standin.close();
   }
 });

@@ -438,9 +438,11 @@ export class Standin extends EventEmitter {
   }
 
   /** AWS's lifecycle event, with the members an app needs (AWS adds more: principalIdentifier, sessionIdentifier, ...). */
-  #presence(eventType: "connected" | "disconnected", clientId: string): Promise<void> {
+  #presence(eventType: "connected" | "disconnected", clientId: string, client?: Client): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    const body = { clientId, timestamp: Date.now(), eventType, versionNumber: 0 };
+    // AWS names how a session ended: a DISCONNECT packet, or the connection dropping (aedes marks the first).
+    const reason = eventType === "disconnected" ? { disconnectReason: (client as { _disconnected?: boolean } | undefined)?._disconnected ? "CLIENT_INITIATED_DISCONNECT" : "CONNECTION_LOST" } : {};
+    const body = { clientId, timestamp: Date.now(), eventType, versionNumber: 0, ...reason };
     return this.publish(`${PRESENCE_PREFIX}/${eventType}/${clientId}`, JSON.stringify(body), { qos: 1 }).catch(() => {});
   }
 
@@ -607,7 +609,7 @@ export class Standin extends EventEmitter {
       if (!session) return;
       opts.log?.(`disconnected ${client.id}`);
       this.emit("disconnected", { clientId: client.id, identity: session.identity });
-      if (session.identity.role === "thing") void this.#presence("disconnected", client.id);
+      if (session.identity.role === "thing") void this.#presence("disconnected", client.id, client);
     });
 
     broker.on("publish", (packet: AedesPublishPacket, client: Client | null) => {
