@@ -1,25 +1,26 @@
 /*
  * The access anchor across a factory reset. The reset erases the device's
  * keys and list, but not the cloud: the thing's named shadow still holds the
- * old owner's generation, tagged under the old device key. The reset device,
- * given to a new owner under the same thing name, must treat that document as
- * not its own (absent), overwrite it with its own report, and serve the new
- * owner at once; rings flow throughout. And a party able to write the shadow
- * who puts the old owner's document back later gains nothing: the new owner
- * is not locked out, the generation is not taken back, and the old owner's
- * keys and signed lists are refused.
+ * old owner's generation. The reset device, given to a new owner under the
+ * same thing name, must treat that document as not its own (absent),
+ * overwrite it with its own report, and serve the new owner at once; rings
+ * flow throughout. A party able to write the shadow who puts the old owner's
+ * document back later gains nothing: the new owner is not locked out, the
+ * generation is not taken back, and the old owner's keys and signed lists are
+ * refused. And the whole flash written back to before the reset (the old
+ * owner's device again, with its users) is told apart from a previous
+ * owner's anchor: it acts on nothing but revocations.
  */
 import test from "ava";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import nacl from "tweetnacl";
-import { bootFirmware, type RunningFirmware, type WaitingFirmware } from "../modules/core/firmware";
+import { anchorTag, bootFirmware, type RunningFirmware, type WaitingFirmware } from "../modules/core/firmware";
 import { encodeBundle, type DeviceIdentity, type ProvisioningBundle } from "../modules/core/provisioning";
 import type { MqttHandlers, MqttTransport } from "../modules/core/ports";
 import { deviceBoxSecretFromSeed } from "../modules/core/access";
-import { ANCHOR_DOMAIN, anchorTopics, readAnchorAnswer } from "../modules/core/acl-anchor";
-import { keyedTag } from "../modules/core/record";
+import { anchorTopics, readAnchorAnswer } from "../modules/core/acl-anchor";
 import { topicsFor } from "../modules/core/topics";
 import { utf8Encode } from "../modules/core/bytes";
 import { MemoryStore } from "../modules/host/file-store";
@@ -103,7 +104,11 @@ function boot(flash: { vault: MemoryStore; store: MemoryStore }, clock: ManualCl
 }
 
 const deviceBoxKey = (fw: RunningFirmware) => nacl.box.keyPair.fromSecretKey(deviceBoxSecretFromSeed(fw.identity.signingSeed)).publicKey;
-const anchorTag = (fw: RunningFirmware) => keyedTag(ANCHOR_DOMAIN, deviceBoxSecretFromSeed(fw.identity.signingSeed), (d) => nacl.hash(d));
+/** What the shadow anchors, read as the chip reads it. */
+const anchored = (broker: Broker) => {
+  const a = broker.anchorAnswer();
+  return readAnchorAnswer(THING, a.topic, utf8Encode(a.payload), anchorTag(keys));
+};
 
 /** Send a command and read the device's reply to it. */
 async function send(broker: Broker, clock: ManualClock, app: UserApp, made: MadeCommand) {
@@ -143,8 +148,7 @@ test.serial("after a factory reset the old owner's anchor in the shadow is not t
   const oldGen = old.access.generation;
   t.true(oldGen >= 5);
   const oldDoc = broker.anchorAnswer();
-  t.deepEqual(readAnchorAnswer(THING, oldDoc.topic, utf8Encode(oldDoc.payload), anchorTag(old)), { kind: "anchor", gen: oldGen }, "the shadow anchors the old owner's generation");
-  const oldTag = anchorTag(old);
+  t.deepEqual(anchored(broker), { kind: "anchor", gen: oldGen, resets: 0 }, "the shadow anchors the old owner's generation");
   old.stop();
   broker.drop("reset");
 
@@ -154,7 +158,7 @@ test.serial("after a factory reset the old owner's anchor in the shadow is not t
   (boot(flash, clock, broker) as WaitingFirmware).provisioning.accept(encodeBundle(bundle(newKeys, "New-Home")));
   const fresh = boot(flash, clock, broker) as RunningFirmware;
   t.notDeepEqual(deviceBoxKey(fresh), deviceBoxKey(old), "the reset device has new keys");
-  t.deepEqual(readAnchorAnswer(THING, broker.anchorAnswer().topic, utf8Encode(broker.anchorAnswer().payload), oldTag), { kind: "anchor", gen: oldGen }, "the old document is still in the shadow at boot");
+  t.deepEqual(anchored(broker), { kind: "anchor", gen: oldGen, resets: 0 }, "the old document is still in the shadow at boot");
   await run(clock, 3000);
 
   t.is(fresh.access.anchor.state, "known");
@@ -164,9 +168,7 @@ test.serial("after a factory reset the old owner's anchor in the shadow is not t
   t.true(snap.ok, `the new owner's command is accepted (${snap.reason})`);
   const guest = createUserKeys("guest", "viewer");
   t.true((await send(broker, clock, nora, nora.addUser(guest.identity))).ok, "the new owner changes the list");
-  const mine = broker.anchorAnswer();
-  t.deepEqual(readAnchorAnswer(THING, mine.topic, utf8Encode(mine.payload), anchorTag(fresh)), { kind: "anchor", gen: fresh.access.generation }, "the shadow now anchors the new owner's generation, under the new key");
-  t.is(readAnchorAnswer(THING, mine.topic, utf8Encode(mine.payload), oldTag)?.kind, "none", "and the old key no longer authenticates it");
+  t.deepEqual(anchored(broker), { kind: "anchor", gen: fresh.access.generation, resets: 1 }, "the shadow now anchors the new owner's generation, after one reset");
   fresh.doorbell.press();
   await run(clock, 5000);
   t.is(rings(broker, fresh), 1, "the ring was delivered and verifies under the new key");
@@ -174,7 +176,7 @@ test.serial("after a factory reset the old owner's anchor in the shadow is not t
   // Someone who can write the shadow puts the old owner's document back, and the session is cut.
   const genBeforeReplay = fresh.access.generation;
   broker.shadows.handle(anchorTopics(THING).update, utf8Encode(JSON.stringify({ state: JSON.parse(oldDoc.payload).state })));
-  t.deepEqual(readAnchorAnswer(THING, broker.anchorAnswer().topic, utf8Encode(broker.anchorAnswer().payload), oldTag), { kind: "anchor", gen: oldGen }, "the replay is in place");
+  t.deepEqual(anchored(broker), { kind: "anchor", gen: oldGen, resets: 0 }, "the replay is in place");
   broker.drop("replayed");
   await run(clock, 30_000);
   t.is(fresh.access.anchor.state, "known");
@@ -182,8 +184,7 @@ test.serial("after a factory reset the old owner's anchor in the shadow is not t
   t.true((await send(broker, clock, nora, nora.command("chime-test"))).ok, "the new owner is not locked out");
   const guestApp = new UserApp({ keys: guest, thing: THING, deviceBoxPublicKey: deviceBoxKey(fresh), now, gen: fresh.access.generation });
   t.true((await send(broker, clock, guestApp, guestApp.command("snapshot"))).ok, "nor is the user the new owner added");
-  const back = broker.anchorAnswer();
-  t.deepEqual(readAnchorAnswer(THING, back.topic, utf8Encode(back.payload), anchorTag(fresh)), { kind: "anchor", gen: genBeforeReplay }, "the device put its own anchor back over the replay");
+  t.deepEqual(anchored(broker), { kind: "anchor", gen: genBeforeReplay, resets: 1 }, "the device put its own anchor back over the replay");
 
   // The old owner's keys and the old owner's signed lists are nothing to the reset device.
   const ghost = new OwnerApp({ keys: oldKeys, thing: THING, deviceBoxPublicKey: deviceBoxKey(fresh), now, gen: fresh.access.generation });
@@ -199,4 +200,67 @@ test.serial("after a factory reset the old owner's anchor in the shadow is not t
   await run(clock, 5000);
   t.is(rings(broker, fresh), 2, "rings still flow");
   fresh.stop();
+});
+
+const copy = (s: MemoryStore) => new Map([...s.map].map(([k, v]) => [k, v.slice()]));
+function restore(s: MemoryStore, saved: Map<string, Uint8Array>) {
+  for (const k of [...s.map.keys()]) s.map.delete(k);
+  for (const [k, v] of saved) s.map.set(k, v.slice());
+}
+
+test.serial("the whole flash written back to before a factory reset acts on nothing but revocations, and leaves the new owner's anchor alone", async (t) => {
+  const flash = { vault: new MemoryStore(), store: new MemoryStore() };
+  const clock = new ManualClock();
+  const broker = new Broker();
+  const now = () => clock.wallTime()!;
+  const oldKeys = createUserKeys("owner", "owner");
+  (boot(flash, clock, broker) as WaitingFirmware).provisioning.accept(encodeBundle(bundle(oldKeys, "Old-Home")));
+  const old = boot(flash, clock, broker) as RunningFirmware;
+  await run(clock, 3000);
+  const alice = new OwnerApp({ keys: oldKeys, thing: THING, deviceBoxPublicKey: deviceBoxKey(old), now });
+  const bob = createUserKeys("bob", "resident");
+  t.true((await send(broker, clock, alice, alice.addUser(bob.identity))).ok);
+  // The old owner (or anyone with the board for a minute) keeps a dump of the whole flash.
+  const dump = { vault: copy(flash.vault), store: copy(flash.store) };
+  old.stop();
+  broker.drop("reset");
+  old.provisioning.factoryReset();
+
+  const newKeys = createUserKeys("owner", "owner");
+  (boot(flash, clock, broker) as WaitingFirmware).provisioning.accept(encodeBundle(bundle(newKeys, "New-Home")));
+  const fresh = boot(flash, clock, broker) as RunningFirmware;
+  await run(clock, 3000);
+  const nora = new OwnerApp({ keys: newKeys, thing: THING, deviceBoxPublicKey: deviceBoxKey(fresh), now });
+  t.true((await send(broker, clock, nora, nora.addUser(createUserKeys("guest", "viewer").identity))).ok);
+  const newAnchor = anchored(broker);
+  t.is(newAnchor?.kind, "anchor");
+  fresh.stop();
+  broker.drop("dump");
+
+  // The dump goes back: the device is the old owner's again, with bob listed.
+  restore(flash.vault, dump.vault);
+  restore(flash.store, dump.store);
+  const back = boot(flash, clock, broker) as RunningFirmware;
+  t.truthy(back.access.list.user("bob"), "the dump lists bob");
+  await run(clock, 3000);
+  t.true(back.access.anchor.retired, "the anchor shows the flash is from before a reset");
+  const bobApp = new UserApp({ keys: bob, thing: THING, deviceBoxPublicKey: deviceBoxKey(back), now, gen: back.access.generation });
+  t.is((await send(broker, clock, bobApp, bobApp.command("chime-test"))).reason, "stale-generation", "bob is refused");
+  const ghost = new OwnerApp({ keys: oldKeys, thing: THING, deviceBoxPublicKey: deviceBoxKey(back), now, gen: back.access.generation });
+  t.is((await send(broker, clock, ghost, ghost.command("snapshot"))).reason, "stale-generation", "so is the old owner");
+  t.is((await send(broker, clock, ghost, ghost.updateList([oldKeys.identity, bob.identity], { listGen: 50 }))).reason, "stale-generation", "and the old owner's signed list does not bring it back");
+  t.deepEqual(anchored(broker), newAnchor, "the new owner's anchor is left as it was");
+  back.stop();
+
+  // A reset from here is a new identity above the count the cloud holds, as any reset is.
+  back.provisioning.factoryReset();
+  (boot(flash, clock, broker) as WaitingFirmware).provisioning.accept(encodeBundle(bundle(newKeys, "New-Home")));
+  const again = boot(flash, clock, broker) as RunningFirmware;
+  await run(clock, 3000);
+  t.false(again.access.anchor.retired);
+  const owner = new OwnerApp({ keys: newKeys, thing: THING, deviceBoxPublicKey: deviceBoxKey(again), now });
+  const served = await send(broker, clock, owner, owner.command("chime-test"));
+  t.true(served.ok, `the owner is served at once (${served.reason})`);
+  t.deepEqual(anchored(broker), { kind: "anchor", gen: again.access.generation, resets: 2 });
+  again.stop();
 });

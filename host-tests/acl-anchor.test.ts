@@ -12,7 +12,7 @@ import { ShadowService } from "../tools/standin/shadow";
 import { Vault } from "../modules/core/vault";
 import { MemoryStore } from "../modules/host/file-store";
 import { ManualClock } from "./helpers/manual-clock";
-import { anchorTopics, encodeAnchorUpdate, readAnchorAnswer } from "../modules/core/acl-anchor";
+import { ANCHOR_DOMAIN, anchorTopics, encodeAnchorUpdate, readAnchorAnswer } from "../modules/core/acl-anchor";
 import { keyedTag } from "../modules/core/record";
 import { utf8Encode } from "../modules/core/bytes";
 
@@ -100,15 +100,15 @@ test("the whole flash written back to before a revoke: the ex is refused, and th
 });
 
 test("the anchor's answers: none, authentic, another device's, forged, and errors", (t) => {
-  const tag = keyedTag("doorward/acl-anchor/v1", new Uint8Array(32).fill(1), (d) => nacl.hash(d));
-  const other = keyedTag("doorward/acl-anchor/v1", new Uint8Array(32).fill(2), (d) => nacl.hash(d));
+  const tag = keyedTag(ANCHOR_DOMAIN, new Uint8Array(32).fill(1), (d) => nacl.hash(d));
+  const other = keyedTag(ANCHOR_DOMAIN, new Uint8Array(32).fill(2), (d) => nacl.hash(d));
   const topics = anchorTopics("porch-1");
   const shadows = new ShadowService();
   const [none] = shadows.handle(topics.get, new Uint8Array(0))!;
   t.deepEqual(readAnchorAnswer("porch-1", none.topic, utf8Encode(none.payload), tag), { kind: "none", forged: false });
   shadows.handle(topics.update, encodeAnchorUpdate("porch-1", 7, tag));
   const [got] = shadows.handle(topics.get, new Uint8Array(0))!;
-  t.deepEqual(readAnchorAnswer("porch-1", got.topic, utf8Encode(got.payload), tag), { kind: "anchor", gen: 7 });
+  t.deepEqual(readAnchorAnswer("porch-1", got.topic, utf8Encode(got.payload), tag), { kind: "anchor", gen: 7, resets: 0 });
   t.deepEqual(readAnchorAnswer("porch-1", got.topic, utf8Encode(got.payload), other), { kind: "none", forged: true }, "another key (a reset device)");
   t.deepEqual(readAnchorAnswer("porch-2", got.topic, utf8Encode(got.payload), tag), undefined, "another thing's topic");
   // A higher generation written by someone without the key does not authenticate.
@@ -140,7 +140,7 @@ test("an unknown anchor is asked for again when a command waits; a missing one i
   t.true(tb.send(tb.owner, tb.owner.addUser(ex.identity)).ok);
   t.is(tb.access.anchor.gen, tb.access.generation);
   // The cloud holds a newer authentic anchor than this flash: the device reports nothing over it.
-  const tag = keyedTag("doorward/acl-anchor/v1", tb.device.secretKey, (d) => nacl.hash(d));
+  const tag = keyedTag(ANCHOR_DOMAIN, tb.device.secretKey, (d) => nacl.hash(d));
   r.shadows.handle(update, encodeAnchorUpdate(tb.thing, tb.access.generation + 5, tag));
   const reports = r.sent.filter((x) => x === update).length;
   r.reboot();

@@ -15,7 +15,7 @@ import nacl from "tweetnacl";
 import { bootFirmware, type RunningFirmware, type WaitingFirmware } from "../modules/core/firmware";
 import { encodeBundle, Provisioning, type DeviceIdentity, type ProvisioningBundle } from "../modules/core/provisioning";
 import type { KeyValueStore, MqttHandlers, MqttTransport } from "../modules/core/ports";
-import { FACTORY_RESET_KEEPS, RESET_MARK } from "../modules/core/provisioning";
+import { FACTORY_RESET_KEEPS, RESETS_KEY, RESET_MARK } from "../modules/core/provisioning";
 import { UPDATE_KV } from "../modules/core/update-protocol";
 import { Vault } from "../modules/core/vault";
 import { MemoryStore } from "../modules/host/file-store";
@@ -162,7 +162,7 @@ test.serial("PoC: after a factory reset and a new owner, the new owner's rings a
   t.is(fresh.doorbell.sequence.boot, 1, "the counters start again");
 });
 
-test("the reset keeps only the update anti-rollback records, and says so", (t) => {
+test("the reset keeps only the update anti-rollback records and the count of resets, and says so", (t) => {
   const store = new MemoryStore();
   const vaultStore = new MemoryStore();
   for (const k of ["dw.boot", "dw.seq.hw", "dw.acl.hw", "ob.1", "ob.1.1", "ob-ledger", "upd.state", "upd.done", "anything.else", ...FACTORY_RESET_KEEPS]) store.write(k, Uint8Array.of(1));
@@ -173,7 +173,7 @@ test("the reset keeps only the update anti-rollback records, and says so", (t) =
   prov.factoryReset();
   t.deepEqual(store.keys(), [...FACTORY_RESET_KEEPS].sort());
   t.deepEqual(vaultStore.keys(), []);
-  t.deepEqual([...FACTORY_RESET_KEEPS].sort(), [UPDATE_KV.floor, UPDATE_KV.keys].sort());
+  t.deepEqual([...FACTORY_RESET_KEEPS].sort(), [UPDATE_KV.floor, UPDATE_KV.keys, RESETS_KEY].sort());
   t.true(lines.some((l) => /factory reset/.test(l)));
 });
 
@@ -205,10 +205,12 @@ test("a factory reset cut short at any write is finished at the next boot", (t) 
     if (s.state === "provisioned") {
       // Cut before the reset began: nothing may be half gone.
       t.deepEqual(left.sort(), ["dw.acl.hw", "dw.boot", "dw.seq.hw", "ob-ledger", "ob.1"], `cut ${cut}`);
+      t.is(after.resets(), 0, `cut ${cut}`);
     } else {
       t.is(s.state, "unprovisioned", `cut ${cut}`);
       t.deepEqual(left, [], `cut ${cut}: the reset was finished`);
       t.false(disk.store.keys().includes(RESET_MARK));
+      t.is(after.resets(), 1, `cut ${cut}: the count of resets moved on once`);
     }
   }
   t.true(cutsSeen > 0);

@@ -366,9 +366,12 @@ export interface AccessControlOptions {
    * Anchor the generation in the cloud (./acl-anchor): publish the shadow
    * requests there. With it, no command but a revocation or a signed list is
    * acted on until the cloud's anchor is known and this device's generation
-   * is at least as new.
+   * is at least as new. `tag` is the MAC under the chip's key (the firmware
+   * passes one from the key provider; without it, one from deviceBoxSecretKey,
+   * which a factory reset replaces) and `resets` the chip's count of factory
+   * resets (./provisioning; 0 without it).
    */
-  anchor?: { publish: (topic: string, payload: Uint8Array) => void };
+  anchor?: { publish: (topic: string, payload: Uint8Array) => void; tag?: RecordTag; resets?: number; onRetired?: (resets: number) => void };
   /** Where submitCommand runs a grant's verify and box.before (a worker). Without it they run in the call. */
   crypto?: HeavyCrypto;
   /** Commands per sender: a burst of `burst`, then one per `everyMs` (default 20, then one per 2 s). Revocations are never limited. */
@@ -420,6 +423,8 @@ export class AccessControl {
    * from the old state).
    */
   #behind: number | undefined;
+  /** Set when the cloud's anchor was reported after more factory resets than this flash knows of: it is from before a reset. */
+  #retired = false;
   #granting = false;
   #perSender: BucketsByKey;
 
@@ -442,7 +447,7 @@ export class AccessControl {
     });
     this.replay = new ReplayGuard();
     this.#anchorState = options.anchor ? "unknown" : "off";
-    this.#anchorTag = keyedTag(ANCHOR_DOMAIN, options.deviceBoxSecretKey, options.sha512 ?? ((d) => nacl.hash(d)));
+    this.#anchorTag = options.anchor?.tag ?? keyedTag(ANCHOR_DOMAIN, options.deviceBoxSecretKey, options.sha512 ?? ((d) => nacl.hash(d)));
     this.#bootMonotonic = options.clock.monotonic();
     this.#storedFloor = this.#timeFloor = readTimeFloor(options.store);
     if (this.#storedFloor === 0 && options.store.read(REPLAY_KEY) !== undefined) options.log("warn", "commands: stored time floor unreadable; starting from none");
@@ -465,8 +470,8 @@ export class AccessControl {
   }
 
   /** The generation anchored in the cloud, and whether it is known yet. */
-  get anchor(): { state: "off" | "unknown" | "known"; gen: number } {
-    return { state: this.#anchorState, gen: this.#cloudGen };
+  get anchor(): { state: "off" | "unknown" | "known"; gen: number; retired: boolean } {
+    return { state: this.#anchorState, gen: this.#cloudGen, retired: this.#retired };
   }
 
   /** Topics the link must subscribe to for the anchor's answers. */
@@ -496,7 +501,18 @@ export class AccessControl {
       return true;
     }
     if (answer.kind === "none" && answer.forged) this.#o.log("warn", "access anchor: the cloud's anchor is not this device's; replacing it");
-    this.#cloudGen = answer.kind === "anchor" ? answer.gen : 0;
+    const resets = this.#o.anchor.resets ?? 0;
+    if (answer.kind === "anchor" && answer.resets > resets) {
+      // Reported after a reset this flash has not seen: the whole flash is an older identity's. Nothing lifts that but a reset.
+      this.#retired = true;
+      this.#anchorState = "known";
+      this.#o.log("error", "access anchor: this flash is from before a factory reset of this chip; acting on revocations only", { resets, anchored: answer.resets });
+      this.#o.anchor.onRetired?.(answer.resets);
+      return true;
+    }
+    // A lower count is a previous owner's anchor: as good as none, and replaced by this one's.
+    if (answer.kind === "anchor" && answer.resets < resets) this.#o.log("info", "access anchor: the cloud's anchor is from before a factory reset; replacing it", { resets, anchored: answer.resets });
+    this.#cloudGen = answer.kind === "anchor" && answer.resets === resets ? answer.gen : 0;
     this.#anchorState = "known";
     const gen = this.list.generation;
     if (this.#behind !== undefined && this.#cloudGen < this.#behind) this.#cloudGen = this.#behind;
@@ -504,7 +520,7 @@ export class AccessControl {
       // The flash went back: act on nothing but revocations and a signed list at least this new.
       this.#behind = Math.max(this.#behind ?? 0, this.#cloudGen);
       this.#o.log("error", "access anchor: the cloud holds a newer access list than this flash; waiting for the owner's list", { gen, anchored: this.#cloudGen });
-    } else this.#publishAnchor(this.#cloudGen === gen && answer.kind === "anchor");
+    } else this.#publishAnchor(this.#cloudGen === gen && answer.kind === "anchor" && answer.resets === resets);
     return true;
   }
 
@@ -512,9 +528,9 @@ export class AccessControl {
   #publishAnchor(already = false): void {
     const a = this.#o.anchor;
     const gen = this.list.generation;
-    if (!a || this.#anchorState !== "known" || this.#behind !== undefined || already || gen < this.#cloudGen) return;
+    if (!a || this.#anchorState !== "known" || this.#behind !== undefined || this.#retired || already || gen < this.#cloudGen) return;
     try {
-      a.publish(anchorTopics(this.thing).update, encodeAnchorUpdate(this.thing, gen, this.#anchorTag));
+      a.publish(anchorTopics(this.thing).update, encodeAnchorUpdate(this.thing, gen, this.#anchorTag, a.resets ?? 0));
       this.#cloudGen = gen;
     } catch (e) {
       this.#o.log("warn", "access anchor: could not report", { reason: String((e as Error)?.message ?? e) });
@@ -637,6 +653,9 @@ export class AccessControl {
 
     if (body.thing !== this.thing) throw new AccessRejection("wrong-thing", "command is for another thing");
     // Taking rights away, or the owner's signed list, is always safe; anything else waits for the anchor.
+    if (this.#retired && op !== "revoke" && op !== "revoke-all") {
+      throw new AccessRejection("stale-generation", "this flash is from before a factory reset of this chip; only a factory reset brings it back");
+    }
     if (!ANCHOR_FREE.has(op)) {
       if (this.#anchorState === "unknown") {
         // The answer may have been lost (asked before the subscription took): ask again, at most every few seconds.

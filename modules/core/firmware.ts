@@ -12,6 +12,7 @@ import type { Aead, BootControl, Button, Camera, Clock, KeyValueStore, Log, Mqtt
 import nacl from "tweetnacl";
 import { UpdateAgent, updateSubscriptions, type UpdateEvent } from "./update";
 import { keyedTag, type RecordTag } from "./record";
+import { ANCHOR_DOMAIN } from "./acl-anchor";
 import type { TrustedKeys } from "./release";
 import { Snapshotter } from "./snapshot";
 import { Vault, type KeyProvider } from "./vault";
@@ -128,6 +129,16 @@ export function updateRecordTag(keys: KeyProvider, sha512: Sha512 = (d) => nacl.
 }
 export const UPDATE_RECORD_DOMAIN = "doorward/update-records/v1";
 
+/** The access anchor's MAC (./acl-anchor), under a key from the key provider: it outlives a factory reset, as the chip does. */
+export function anchorTag(keys: KeyProvider, sha512: Sha512 = (d) => nacl.hash(d)): RecordTag {
+  const secret = keys.storageKey();
+  try {
+    return keyedTag(ANCHOR_DOMAIN, secret, sha512);
+  } finally {
+    secret.fill(0);
+  }
+}
+
 /** Judge the chip's locks and say so; throws ChipLockError when production secrets are refused. */
 export function checkChipLock(chipLock: NonNullable<FirmwarePorts["chipLock"]>, log: Log): LockVerdict {
   let state: ChipState | Error;
@@ -174,7 +185,11 @@ export function bootFirmware(ports: FirmwarePorts): RunningFirmware | WaitingFir
     // A live view is a snapshot per frame, each wrapped only for who is authorised at that moment.
     onSessionFrame: (session) => requestSnapshot(session.user, "live-view"),
     // The generation is anchored in the device's shadow, outside its flash (./acl-anchor).
-    anchor: { publish: (topic, payload) => void doorbell.send(topic, payload, 0) },
+    // Under the chip's key, with its count of factory resets, so a dump from before a reset is told apart from a previous owner's anchor.
+    anchor: { publish: (topic, payload) => void doorbell.send(topic, payload, 0), tag: anchorTag(ports.keys, ports.sha512), resets: provisioning.resets() ?? 0,
+      // The next reset must move above the count the chip's own anchor shows.
+      onRetired: (resets) => provisioning.raiseResets(resets),
+    },
   });
 
   let doorbell: Doorbell;

@@ -21,9 +21,12 @@
  * record in the other flash store (outbox, boot and sequence counters, replay
  * marks, update job state) except the update anti-rollback records, which
  * belong to the chip rather than its owner (erasing them would let a reset
- * undo a downgrade guard or a release-key rotation). A mark written first
- * makes it all-or-nothing: a reset cut short by power loss is finished when
- * the device next boots, before anything reads the store.
+ * undo a downgrade guard or a release-key rotation), and the count of resets,
+ * which orders this chip's identities for the access anchor (./acl-anchor): a
+ * flash dump from before a reset carries a lower count than the cloud's
+ * anchor. A mark written first, holding the count the reset moves to, makes it
+ * all-or-nothing: a reset cut short by power loss is finished when the device
+ * next boots, before anything reads the store.
  *
  * There are no defaults to fall back on: every field must be present and
  * valid, and a Wi-Fi passphrase is required (WPA2/WPA3 personal, 8-63
@@ -38,6 +41,7 @@ import { isThingName } from "./topics";
 import { jsonNestsDeeper } from "./canonical";
 import { deviceBoxSecretFromSeed, isUsableBoxKey } from "./access";
 import { Vault, VaultError, type DamagedSecret } from "./vault";
+import { encodeJsonRecord, readJsonRecord } from "./record";
 
 /** Vault names of the identity secrets. */
 export const SECRET = {
@@ -63,8 +67,10 @@ export const IDENTITY_SECRETS: readonly string[] = [
 
 /** In the firmware's store while a factory reset is under way. */
 export const RESET_MARK = "dw.reset";
-/** Records a factory reset leaves in the firmware's store: the update anti-rollback state. */
-export const FACTORY_RESET_KEEPS: readonly string[] = [UPDATE_KV.floor, UPDATE_KV.keys];
+/** How many factory resets this chip has been through: {n}. */
+export const RESETS_KEY = "dw.resets";
+/** Records a factory reset leaves in the firmware's store: the update anti-rollback state, and the count of resets. */
+export const FACTORY_RESET_KEEPS: readonly string[] = [UPDATE_KV.floor, UPDATE_KV.keys, RESETS_KEY];
 
 export const BUNDLE_KIND = "doorward-provisioning";
 export const BUNDLE_VERSION = 1;
@@ -270,14 +276,46 @@ export class Provisioning {
    * its counters again, and makes a new device key at the next bundle.
    */
   factoryReset(): void {
-    this.#store?.write(RESET_MARK, Uint8Array.of(1));
+    // A damaged count starts again from 1: the anchor may then stay ahead until the account deletes the shadow (docs/access.md).
+    const n = this.resets() ?? 0;
+    this.#store?.write(RESET_MARK, encodeJsonRecord("reset", { n: n + 1 }));
     const erased = this.#finishReset();
     this.#log("warn", "factory reset: every secret and every record the firmware wrote erased", { records: erased });
   }
 
+  /**
+   * Factory resets this chip has been through (0 before the first); undefined
+   * when the record is damaged, which the access anchor treats as behind any
+   * count the cloud holds.
+   */
+  resets(): number | undefined {
+    if (!this.#store) return 0;
+    const r = readJsonRecord(this.#store, RESETS_KEY, "resets");
+    if (r.state === "missing") return 0;
+    const n = r.state === "ok" && typeof r.value === "object" && r.value !== null && !Array.isArray(r.value) ? (r.value as { n?: unknown }).n : undefined;
+    if (typeof n === "number" && Number.isSafeInteger(n) && n >= 0) return n;
+    this.#log("error", "the count of factory resets is damaged", { reason: r.state === "damaged" ? r.reason : "shape" });
+    return undefined;
+  }
+
+  /** Raise the count to one the chip's own anchor shows (a dump from before a reset), so the next reset moves above it. */
+  raiseResets(n: number): void {
+    const now = this.resets();
+    if (!this.#store || !Number.isSafeInteger(n) || (now !== undefined && now >= n)) return;
+    this.#store.write(RESETS_KEY, encodeJsonRecord("resets", { n }));
+  }
+
   #finishReset(): number {
-    this.#vault.wipeAll();
     const store = this.#store;
+    if (store) {
+      // First, so every later step (and a re-run after a power cut) leaves the count moved on.
+      const mark = readJsonRecord(store, RESET_MARK, "reset");
+      const target = mark.state === "ok" ? (mark.value as { n?: unknown }).n : undefined;
+      const now = this.resets();
+      const next = typeof target === "number" && Number.isSafeInteger(target) && target > 0 ? target : (now ?? 0) + 1;
+      if (now === undefined || now < next) store.write(RESETS_KEY, encodeJsonRecord("resets", { n: next }));
+    }
+    this.#vault.wipeAll();
     if (!store) return 0;
     let erased = 0;
     for (const key of store.keys()) {
