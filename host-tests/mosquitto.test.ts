@@ -90,6 +90,11 @@ test.serial("a bundle that names another broker is reported, not ignored, and no
   t.is(noFlags.code, 1, noFlags.out);
   t.regex(noFlags.out, new RegExp(`device doorward-sim-1 is provisioned for the broker 127\\.0\\.0\\.1:${broker.port}: give the cloud side's settings`));
 
+  // The same mosquitto under another name is another endpoint than the bundle's: refused, naming both.
+  const renamed = await simulate(["--home", home, "--rings", "1", "--exit", "--quiet", "--broker", `localhost:${broker.port}`, ...brokerArgs(pki, broker.port).slice(2)]);
+  t.is(renamed.code, 1, renamed.out);
+  t.regex(renamed.out, new RegExp(`device doorward-sim-1 is provisioned for 127\\.0\\.0\\.1:${broker.port}, not for mqtts://localhost:${broker.port}: provision it for this broker`));
+
   // A broker that is not there: the run names it and ends.
   const closed = await new Promise<number>((resolve) => {
     const s = net.createServer().listen(0, "127.0.0.1", () => {
