@@ -115,6 +115,21 @@ test.serial("a bundle that names another broker is reported, not ignored, and no
   t.true(none.ms < 30_000, `ended in ${none.ms} ms`);
 });
 
+test.serial("a device that cannot join: npm start --exit gives up at its deadline and names the refusal", async (t) => {
+  // A second mosquitto on a PKI of its own: the cloud side is given its CA, the device knows only its home's.
+  const other = await ensureDevPki(fs.mkdtempSync(path.join(os.tmpdir(), "dw-mosq-other-pki-")));
+  const second = await startMosquitto(other, { dir: fs.mkdtempSync(path.join(os.tmpdir(), "dw-mosq-other-")) });
+  try {
+    const h = fs.mkdtempSync(path.join(os.tmpdir(), "dw-mosq-refused-"));
+    const run = await simulate(["--home", h, "--rings", "1", "--exit", "--quiet", ...brokerArgs(other, second.port)]);
+    t.is(run.code, 1, run.out);
+    t.regex(run.out, new RegExp(`device doorward-sim-1 did not come online within 20 s at mqtts://127\\.0\\.0\\.1:${second.port}: tls: broker 127\\.0\\.0\\.1:${second.port} presented a certificate the given CA does not vouch for`));
+    t.true(run.ms < 60_000, `ended in ${run.ms} ms`);
+  } finally {
+    await second.stop();
+  }
+});
+
 test.serial("the ACL keeps a thing to its own topics, as AWS IoT's policy does", async (t) => {
   const a = await issueThingCredentials(pki.dir, "thing-a");
   const service = await joinBroker(settings(pki, broker, pki.service, "doorward-cloud-acl"), { subscribe: ["doorward/+/events"] });
