@@ -10,9 +10,9 @@
  */
 import test from "ava";
 import fs from "node:fs";
-import os from "node:os";
+import { fileURLToPath } from "node:url";
 import path from "node:path";
-import { DEVICE_POLICY_FILE, loadPolicy, policyAllows, type PolicyContext, type PolicyDocument } from "../tools/standin/aws-policy";
+import { DEVICE_POLICY, parsePolicy, policyAllows, type PolicyContext, type PolicyDocument } from "../tools/standin/aws-policy";
 import { mayPublish, maySubscribe, type Identity } from "../tools/standin/policy";
 
 const CTX: PolicyContext = { region: "REGION", account: "ACCOUNT_ID", thingName: "door-1", clientId: "door-1", attached: true };
@@ -52,13 +52,10 @@ test("evaluator: conditions hold or the statement does not apply; unknown ones n
   t.false(policyAllows(connect({ Bool: { "iot:Something.Else": "true" } }), "iot:Connect", "door-1", CTX));
 });
 
-test("loadPolicy refuses a document that is not a policy", (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dw-policy-"));
-  const bad = path.join(dir, "bad.json");
-  fs.writeFileSync(bad, JSON.stringify({ Statement: [{ Effect: "Maybe", Action: "iot:Publish", Resource: "*" }] }));
-  t.throws(() => loadPolicy(bad), { message: /Effect must be Allow or Deny/ });
-  fs.writeFileSync(bad, "{}");
-  t.throws(() => loadPolicy(bad), { message: /no Statement/ });
+test("parsePolicy refuses a document that is not a policy", (t) => {
+  t.throws(() => parsePolicy({ Statement: [{ Effect: "Maybe", Action: "iot:Publish", Resource: "*" }] }, "bad"), { message: /Effect must be Allow or Deny/ });
+  t.throws(() => parsePolicy({}, "bad"), { message: /no Statement/ });
+  t.throws(() => parsePolicy(null, "bad"), { message: /no Statement/ });
 });
 
 /** Well-formed as AWS takes it: no empty topic, no wildcard in a publish, # last and alone, + alone, at most 7 slashes. */
@@ -71,8 +68,8 @@ function wellFormed(kind: "publish" | "subscribe", topic: string): boolean {
 
 test("the stand-in and docs/aws-policy.json agree on every topic a thing might try", (t) => {
   // As deployed: the guide's sed fills in the region and the account.
-  const policy = JSON.parse(fs.readFileSync(DEVICE_POLICY_FILE, "utf8").replaceAll("REGION", "eu-west-1").replaceAll("ACCOUNT_ID", "123456789012")) as PolicyDocument;
-  t.deepEqual(loadPolicy().Statement.length, policy.Statement.length);
+  const policy = JSON.parse(fs.readFileSync(path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "docs", "aws-policy.json"), "utf8").replaceAll("REGION", "eu-west-1").replaceAll("ACCOUNT_ID", "123456789012")) as PolicyDocument;
+  t.deepEqual(DEVICE_POLICY.Statement.length, policy.Statement.length, "the stand-in's copy is the file");
   const me = "door-1";
   const thing: Identity = { role: "thing", name: me };
   const subtrees = (who: string) => [

@@ -32,7 +32,7 @@ interface Run {
   err: string;
 }
 
-function tool(file: string, args: string[], timeoutMs = 120_000): Promise<Run> {
+function tool(file: string, args: string[], timeoutMs = 300_000): Promise<Run> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ["--import=tsx", file, ...args], { env: { ...process.env, DOORWARD_BUTTON_PORT: "0" }, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
@@ -88,7 +88,8 @@ function interactive(home: string) {
   return {
     lines,
     send: (text: string) => child.stdin!.write(text),
-    waitFor(re: RegExp, timeoutMs = 90_000): Promise<string> {
+    // Generous: the web app is bundled on start, slow on a loaded machine. A simulator that dies fails at once.
+    waitFor(re: RegExp, timeoutMs = 300_000): Promise<string> {
       const seen = lines.find((l) => re.test(l));
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
@@ -103,6 +104,7 @@ function interactive(home: string) {
 }
 
 test.serial("npm start: progress before key generation, no hint for a step it takes itself; one simulator per home; unknown keys do not ring; a reset device is provisioned again", async (t) => {
+  t.timeout(900_000);
   const home = fs.mkdtempSync(path.join(os.tmpdir(), "dw-hints-"));
 
   // First run.

@@ -19,11 +19,10 @@
  *   unknown condition never widens access here.
  * Publish is checked against topic/<topic>, Subscribe against
  * topicfilter/<filter>, Receive against topic/<topic>, Connect against
- * client/<clientId>.
+ * client/<clientId>. The module uses no Node API: the policy is imported as JSON.
  */
-import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
+// Imported, not read from disk: this module is pure, so the web app's bundle may include its importers.
+import devicePolicyJson from "../../docs/aws-policy.json" with { type: "json" };
 
 export type IotAction = "iot:Connect" | "iot:Publish" | "iot:Subscribe" | "iot:Receive" | "iot:RetainPublish";
 
@@ -51,20 +50,18 @@ export interface PolicyContext {
   attached?: boolean;
 }
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-
-/** The device policy the README's AWS guide attaches to each thing. */
-export const DEVICE_POLICY_FILE = path.join(REPO, "docs", "aws-policy.json");
-
-/** Read a policy document; REGION and ACCOUNT_ID stay as written (the context supplies the same words). */
-export function loadPolicy(file = DEVICE_POLICY_FILE): PolicyDocument {
-  const doc = JSON.parse(fs.readFileSync(file, "utf8")) as PolicyDocument;
-  if (!Array.isArray(doc.Statement)) throw new Error(`${file}: no Statement list`);
-  for (const s of doc.Statement) {
-    if (s.Effect !== "Allow" && s.Effect !== "Deny") throw new Error(`${file}: a statement's Effect must be Allow or Deny`);
+/** A policy document, checked for the shape this evaluator relies on. */
+export function parsePolicy(doc: unknown, source: string): PolicyDocument {
+  const d = doc as Partial<PolicyDocument> | null;
+  if (!d || !Array.isArray(d.Statement)) throw new Error(`${source}: no Statement list`);
+  for (const s of d.Statement) {
+    if (s.Effect !== "Allow" && s.Effect !== "Deny") throw new Error(`${source}: a statement's Effect must be Allow or Deny`);
   }
-  return doc;
+  return d as PolicyDocument;
 }
+
+/** The device policy the README's AWS guide attaches to each thing; REGION and ACCOUNT_ID as written. */
+export const DEVICE_POLICY: PolicyDocument = parsePolicy(devicePolicyJson, "docs/aws-policy.json");
 
 /** The ARN of a request: topic/..., topicfilter/... or client/... in the context's region and account. */
 export function resourceArn(action: IotAction, name: string, ctx: Pick<PolicyContext, "region" | "account">): string {

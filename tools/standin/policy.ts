@@ -23,7 +23,7 @@
  */
 
 import { isThingName, TOPIC_ROOT } from "../../modules/core/topics";
-import { loadPolicy, policyAllows, type PolicyDocument } from "./aws-policy";
+import { DEVICE_POLICY, policyAllows } from "./aws-policy";
 import { INVITES_KIND, PRESENCE_PREFIX } from "./app-names";
 
 export type Role = "thing" | "service" | "app";
@@ -70,13 +70,10 @@ function wellFormedFilter(levels: string[]): boolean {
   return true;
 }
 
-let devicePolicy: PolicyDocument | undefined;
-
 /** What the device policy lets this thing do with this topic (publish) or filter (subscribe). */
 function thingMay(action: "iot:Publish" | "iot:Subscribe", thing: string, name: string): boolean {
-  devicePolicy ??= loadPolicy();
   // The stand-in accepts a thing only with its own name as client ID, as the policy's Connect statement demands.
-  return policyAllows(devicePolicy, action, name, { region: "REGION", account: "ACCOUNT_ID", thingName: thing, clientId: thing, attached: true });
+  return policyAllows(DEVICE_POLICY, action, name, { region: "REGION", account: "ACCOUNT_ID", thingName: thing, clientId: thing, attached: true });
 }
 
 /** $aws/things/<name>/<feature>/... where <name> is a thing name; with wildcards, also + for <name> and <feature>, or a final #. */
