@@ -171,7 +171,7 @@ async function provisionSimDevice(o: SimLinOptions, bundleTarget: string): Promi
   const bundle = path.join(o.home, "bundles", `${o.thing}.json`);
   const io = {
     // The CLI's hint to feed the bundle by hand does not apply: it is placed for the firmware below.
-    out: (line: string) => { if (!/feed it now|tools\/provision\.ts feed/.test(line)) o.out(`  provision ${line}`); },
+    out: (line: string) => { if (!/feed it now|holds secrets in plain form|tools\/provision\.ts feed|npm run provision:sim/.test(line)) o.out(`  provision ${line}`); },
     err: (line: string) => o.err(`  provision ${line}`),
     readStdin: async () => new TextEncoder().encode(toBase64Url(passphrase)),
     env: o.env,
@@ -303,6 +303,8 @@ export async function runSimLin(o: SimLinOptions): Promise<number> {
       o.out(`cloud: registered ${m[1]} with device key ${m[2]}`);
     }
     if (/XS abort|JavaScript stack overflow|memory full|exception: throw/.test(line)) o.err(`mc: the firmware reported: ${line}`);
+    // mcsim stays open after the XS machine has aborted: nothing more will come from it.
+    if (line.startsWith("XS abort")) finish(1);
   }
   readline.createInterface({ input: mcsim.stdout! }).on("line", onLine);
   readline.createInterface({ input: mcsim.stderr! }).on("line", onLine);
