@@ -11,7 +11,7 @@ import path from "node:path";
 import { ensureDevPki, issueThingCredentials } from "../tools/pki";
 import { HostMqttTransport } from "../modules/host/mqtt-transport";
 import { startStandin } from "../tools/standin";
-import { brokerFromFlags, joinBroker, parseBrokerEndpoint, type BrokerSettings } from "../tools/lib/broker";
+import { brokerFromFlags, brokerShadows, isAwsIotEndpoint, joinBroker, parseBrokerEndpoint, type BrokerSettings } from "../tools/lib/broker";
 import { describeMqttFailure, MqttFailureError } from "../modules/host/mqtt-failure";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dw-broker-"));
@@ -27,6 +27,20 @@ test("endpoints: host, host:port, mqtts:// URL; anything else is refused by name
   for (const bad of ["", "mqtt.example.net:0", "mqtt.example.net:70000", "http://x", "a b"]) {
     t.throws(() => parseBrokerEndpoint(bad), { message: /broker endpoint must be HOST or HOST:PORT/ }, bad);
   }
+});
+
+test("named shadows: AWS IoT endpoints keep their own, any other broker gets the simulator's; --broker-shadows overrides, anything else is refused", (t) => {
+  for (const aws of ["a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com", "A1B2-ATS.IOT.US-EAST-1.AMAZONAWS.COM", "a1b2-ats.iot.cn-north-1.amazonaws.com.cn"]) {
+    t.true(isAwsIotEndpoint(aws), aws);
+    t.is(brokerShadows(aws), "aws", aws);
+    t.is(brokerShadows(aws, "local"), "local", `${aws} with --broker-shadows local`);
+  }
+  for (const plain of ["127.0.0.1", "localhost", "mqtt.example.net", "iot.eu-west-1.amazonaws.com", "a1b2.iot.eu-west-1.amazonaws.com.evil.net", "a1b2.s3.eu-west-1.amazonaws.com", "::1"]) {
+    t.false(isAwsIotEndpoint(plain), plain);
+    t.is(brokerShadows(plain), "local", plain);
+    t.is(brokerShadows(plain, "aws"), "aws", `${plain} with --broker-shadows aws`);
+  }
+  for (const bad of ["", "AWS", "both", "none"]) t.throws(() => brokerShadows("mqtt.example.net", bad), { message: /--broker-shadows must be local or aws/ }, bad);
 });
 
 test("a config file gives the same settings as the flags; its paths are relative to it, and flags win", async (t) => {

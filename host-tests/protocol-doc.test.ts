@@ -20,6 +20,10 @@ import { canonicalBytes, type Json } from "../modules/core/canonical";
 import { EVENT_DOMAIN } from "../modules/core/events";
 import { fromBase64Url, fromHex } from "../modules/core/bytes";
 import { createUserKeys, OwnerApp, UserApp } from "../tools/owner-app";
+import { anchorTopics } from "../modules/core/acl-anchor";
+import { topicsFor } from "../modules/core/topics";
+import { PRESENCE_PREFIX } from "../tools/standin/app-names";
+import { invitesTopic } from "../webapp/invitation";
 
 const DOC = fs.readFileSync(path.join(import.meta.dirname, "..", "docs", "protocol.md"), "utf8");
 
@@ -57,6 +61,12 @@ const captured = (async () => {
   const standin = await startStandin({ pki, connectIntervalMs: 0 });
   const messages: Capture[] = [];
   standin.on("message", (m: { topic: string; clientId: string; payload: Buffer }) => messages.push({ topic: m.topic, clientId: m.clientId, payload: Buffer.from(m.payload) }));
+  // What the broker publishes as AWS (lifecycle events, shadow answers) goes through publish(), not a client.
+  const asAws = standin.publish.bind(standin);
+  standin.publish = (topic, payload, options) => {
+    messages.push({ topic, clientId: "$aws", payload: Buffer.from(payload) });
+    return asAws(topic, payload, options);
+  };
   const args = ["--home", home, "--rings", "1", "--exit", "--quiet", "--demo-access", "--demo-egress",
     "--broker", `127.0.0.1:${standin.port}`, "--broker-servername", "localhost", "--broker-ca", pki.ca.certPath, "--broker-cert", pki.service.certPath, "--broker-key", pki.service.keyPath];
   const out = await new Promise<string>((resolve) => {
@@ -203,10 +213,50 @@ test("registration shows both keys; the owner key file has the documented member
   t.true(manifests.length >= 4);
 });
 
-test("topics: everything the device and the tools published is in the doc's topic table", async (t) => {
+/** The rows of §1's topic table: the topic, with `<thing>`/`<user>` placeholders and a trailing `/...`. */
+function topicRows(markdown: string): string[] {
+  const lines = markdown.split("\n");
+  const start = lines.indexOf("| Topic | Direction | Payload |");
+  if (start < 0) throw new Error("protocol.md has no topic table");
+  const rows: string[] = [];
+  for (let j = start + 2; j < lines.length && lines[j].startsWith("|"); j++) {
+    const cell = /^\| `([^`]+)` \| [^|]+ \|/.exec(lines[j]);
+    if (!cell) throw new Error(`protocol.md: topic table row ${j + 1} does not start with a \`topic\` and a direction`);
+    rows.push(cell[1]);
+  }
+  return rows;
+}
+
+const topicPattern = (row: string) =>
+  new RegExp(`^${row.replace(/[$.]/g, "\\$&").replace("<thing>", "[A-Za-z0-9:_-]+").replace("<user>", "[A-Za-z0-9_-]+").replace(/\/\\\.\\\.\\\.$/, "/.+")}$`);
+
+test("topics: every topic on the wire and every topic the code names is in the doc's topic table, and every row is used", async (t) => {
   const { messages } = await captured;
-  const rows = [...DOC.matchAll(/^\| `([^`]+)` \| (?:device → cloud|cloud → device|both) \|/gm)].map((m) => m[1]);
-  const patterns = rows.map((r) => new RegExp(`^${r.replace(/[$.]/g, "\\$&").replace("<thing>", "[A-Za-z0-9:_-]+").replace("/\\.\\.\\.", "/.+")}$`));
-  for (const m of messages) t.true(patterns.some((p) => p.test(m.topic)), `${m.topic} is documented`);
+  const rows = topicRows(DOC);
+  const patterns = rows.map((r) => ({ row: r, re: topicPattern(r) }));
+  // Names the code makes that this run does not carry: the web app's invitation answers, and both lifecycle events.
+  const thing = "porch-1";
+  const named = [
+    ...Object.values(topicsFor(thing)), ...Object.values(anchorTopics(thing)),
+    invitesTopic(thing, "guest"), `${PRESENCE_PREFIX}/connected/${thing}`, `${PRESENCE_PREFIX}/disconnected/${thing}`,
+  ];
+  const topics = new Set([...messages.map((m) => m.topic), ...named]);
+  for (const topic of topics) t.true(patterns.some((p) => p.re.test(topic)), `${topic} is documented`);
+  for (const p of patterns) {
+    if (p.row.startsWith("$aws/things/<thing>/jobs/") || p.row.startsWith("$aws/things/<thing>/streams/")) continue; // only in an update run (updates.md)
+    t.true([...topics].some((topic) => p.re.test(topic)), `protocol.md lists ${p.row}, which neither the wire nor the code uses`);
+  }
   t.true(messages.some((m) => m.topic.startsWith("$aws/things/")));
+  t.true(messages.some((m) => m.clientId === "$aws" && m.topic.startsWith(`${PRESENCE_PREFIX}/connected/`)), "the stand-in's lifecycle events were captured");
+});
+
+test("the access anchor's shadow document: what the device reports and what the shadow answers carry the doc's members", async (t) => {
+  const { messages } = await captured;
+  const acl = (c: Capture) => ((json(c).state as Doc | undefined)?.reported as Doc | undefined)?.acl as Doc | undefined;
+  const updates = messages.filter((m) => m.clientId !== "$aws" && m.topic.endsWith("/shadow/name/doorward-acl/update"));
+  t.true(updates.length > 0, "the device reported its anchor");
+  both(t, "anchor.acl", updates.map((u) => Object.keys(acl(u) ?? {})));
+  const answers = messages.filter((m) => m.clientId === "$aws" && /\/shadow\/name\/doorward-acl\/(get|update)\/accepted$/.test(m.topic)).map(acl).filter((a) => a !== undefined);
+  both(t, "anchor.acl", answers.map((a) => Object.keys(a!)));
+  t.true(DOC.includes('`{"state":{"reported":{"acl":{"gen":…,"resets":…,"tag":…}}}}`'));
 });

@@ -41,7 +41,7 @@ import { demoUpdate } from "./update-service";
 const SIM_BOARD = "host/sim";
 import { ensureDevPki } from "./pki";
 import { startStandin, type Standin } from "./standin";
-import { BROKER_OPTIONS, BROKER_USAGE, brokerFromFlags, brokerName, closeClient, joinBroker, type BrokerConnection, type BrokerSettings } from "./lib/broker";
+import { BROKER_OPTIONS, BROKER_USAGE, brokerFromFlags, brokerName, brokerShadows, BrokerSettingsError, closeClient, joinBroker, type BrokerConnection, type BrokerSettings, type ShadowAnswerer } from "./lib/broker";
 import { ShadowService } from "./standin/shadow";
 import { DEFAULT_ENDPOINT } from "./provision";
 import { CloudConsumer } from "./cloud";
@@ -70,6 +70,8 @@ interface SimOptions {
   demoEgress: boolean;
   /** The user's own broker (service identity); undefined: the stand-in. */
   broker?: BrokerSettings;
+  /** With a broker: whether the simulator answers the named shadows ("local") or the broker's shadow service does ("aws"). */
+  brokerShadows?: ShadowAnswerer;
   /** How long the device may take to come online before the run gives up. Default 20 s. */
   onlineTimeoutMs: number;
 }
@@ -97,12 +99,15 @@ the other keys.
   --quiet            fewer lines
   -h, --help         this text
 
-${BROKER_USAGE}`,
+${BROKER_USAGE}
+  --broker-shadows local|aws  who answers the device's named shadows: the simulator (local)
+                             or the broker's shadow service (aws); default aws on an AWS IoT
+                             endpoint (*.iot.<region>.amazonaws.com), local on any other`,
   options: {
     rings: { type: "string" }, exit: { type: "boolean" }, home: { type: "string" }, thing: { type: "string" },
     "button-port": { type: "string" }, quiet: { type: "boolean" },
     "demo-access": { type: "boolean" }, "demo-update": { type: "boolean" }, "demo-egress": { type: "boolean" },
-    ...BROKER_OPTIONS,
+    ...BROKER_OPTIONS, "broker-shadows": { type: "string" },
   },
 } as const;
 
@@ -118,9 +123,18 @@ function simOptions(args: Parsed<typeof CLI.options>): SimOptions {
     demoAccess: v["demo-access"] ?? false,
     demoUpdate: v["demo-update"] ?? false,
     demoEgress: v["demo-egress"] ?? false,
-    broker: brokerFromFlags(v),
+    ...brokerChoice(v),
     onlineTimeoutMs: ONLINE_TIMEOUT_MS,
   };
+}
+
+function brokerChoice(v: Parsed<typeof CLI.options>["values"]): Pick<SimOptions, "broker" | "brokerShadows"> {
+  const broker = brokerFromFlags(v);
+  if (!broker) {
+    if (v["broker-shadows"] !== undefined) throw new BrokerSettingsError("--broker-shadows needs --broker: the stand-in always keeps the shadows");
+    return {};
+  }
+  return { broker, brokerShadows: brokerShadows(broker.host, v["broker-shadows"]) };
 }
 
 export async function runSimulator(o: SimOptions): Promise<number> {
@@ -145,19 +159,23 @@ async function runLocked(o: SimOptions, say: (line: string) => void): Promise<nu
   if (o.broker) {
     service = o.broker;
     say(`broker ${brokerName(service)} (yours; no stand-in started), cloud side as ${service.clientId}`);
-    // A broker of the user's own has no device shadows: play the named shadows the device keeps its access anchor in, as the stand-in does.
+    // A plain broker has no device shadows: play the named shadows the device keeps its access anchor in, as the stand-in does.
+    // On AWS IoT Core the shadows are AWS's, and answering them would impersonate it.
+    say(o.brokerShadows === "aws" ? "named shadows: the broker's own shadow service answers them" : "named shadows: answered by the simulator (the broker has no shadow service)");
     const shadows = new ShadowService();
-    try {
-      shadowPlayer = await joinBroker(service, {
-        suffix: "shadows",
-        subscribe: ["$aws/things/+/shadow/name/+/get", "$aws/things/+/shadow/name/+/update"],
-        onMessage: (topic, payload) => {
-          for (const a of shadows.handle(topic, payload) ?? []) shadowPlayer?.client.publish(a.topic, a.payload, { qos: 1 });
-        },
-      });
-    } catch (e) {
-      say(`cloud side could not join: ${(e as Error).message}`);
-      return 1;
+    if (o.brokerShadows !== "aws") {
+      try {
+        shadowPlayer = await joinBroker(service, {
+          suffix: "shadows",
+          subscribe: ["$aws/things/+/shadow/name/+/get", "$aws/things/+/shadow/name/+/update"],
+          onMessage: (topic, payload) => {
+            for (const a of shadows.handle(topic, payload) ?? []) shadowPlayer?.client.publish(a.topic, a.payload, { qos: 1 });
+          },
+        });
+      } catch (e) {
+        say(`cloud side could not join: ${(e as Error).message}`);
+        return 1;
+      }
     }
   } else {
     standin = await startStandin({ pki });

@@ -14,6 +14,10 @@
  *   --broker-servername N  TLS SNI name (default: the endpoint's host)
  *   --broker-config FILE   {"endpoint", "ca", "cert", "key", "clientId"?, "servername"?}
  *
+ * The simulator also takes --broker-shadows local|aws (brokerShadows below):
+ * whether it answers the device's named-shadow requests itself. AWS IoT Core
+ * keeps the shadows, and a client must not answer in its name there.
+ *
  * Joining is bounded: every connect and subscribe has a deadline, and every
  * refusal names the broker and what it refused (./mqtt-failure). Closing sends
  * an MQTT DISCONNECT, so the broker ends the session cleanly and fires no will.
@@ -151,6 +155,26 @@ export function brokerFromFlags(flags: BrokerFlags): BrokerSettings | undefined 
   if (!clientId) throw new BrokerSettingsError("the broker certificate has no CN to use as client ID: give --broker-client-id");
   const servername = pick("broker-servername", "servername")?.value;
   return { host: endpoint.host, port: endpoint.port, ca, cert, key, clientId, ...(servername ? { servername } : {}) };
+}
+
+/** AWS IoT Core's data endpoints: <prefix>.iot.<region>.amazonaws.com (and .com.cn in the China regions). */
+export function isAwsIotEndpoint(host: string): boolean {
+  return /^[a-z0-9-]+(?:\.[a-z0-9-]+)*\.iot\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?\.?$/i.test(host);
+}
+
+/** Who answers the device's named-shadow requests: the simulator itself, or the broker (AWS's shadow service). */
+export type ShadowAnswerer = "local" | "aws";
+
+/**
+ * The simulator plays the shadows only where no shadow service exists: a plain
+ * broker (Mosquitto and the like) has none, and on AWS IoT Core a client
+ * answering shadow topics would impersonate AWS. `flag` (--broker-shadows) wins;
+ * without it, AWS endpoints get "aws" and every other endpoint "local".
+ */
+export function brokerShadows(host: string, flag?: string): ShadowAnswerer {
+  if (flag === undefined) return isAwsIotEndpoint(host) ? "aws" : "local";
+  if (flag === "local" || flag === "aws") return flag;
+  throw new BrokerSettingsError(`--broker-shadows must be local or aws (got ${JSON.stringify(flag)})`);
 }
 
 /** SNI carries names only (RFC 6066): an IP address endpoint sends none unless a servername is given. */
