@@ -10,7 +10,7 @@ import test from "ava";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import mqtt, { type MqttClient } from "mqtt";
+import type { MqttClient } from "mqtt";
 import nacl from "tweetnacl";
 import { Doorbell } from "../modules/core/doorbell";
 import { AccessControl } from "../modules/core/commands";
@@ -21,6 +21,7 @@ import { MemoryStore } from "../modules/host/file-store";
 import { HostMqttTransport } from "../modules/host/mqtt-transport";
 import { ensureDevPki, issueThingCredentials, type DevPki, type IssuedCredentials } from "../tools/pki";
 import { startStandin, type Standin } from "../tools/standin";
+import { connectService, until } from "./helpers/service-link";
 import { AppLink, MemorySecretStore, OwnerApp, UserApp, createDeviceBoxKeys, createUserKeys } from "../tools/owner-app";
 
 const THING = "anchor-porch";
@@ -34,28 +35,13 @@ test.before(async () => {
   pki = await ensureDevPki(dir);
   creds = await issueThingCredentials(dir, THING);
   standin = await startStandin({ pki, connectIntervalMs: 0 });
-  relay = await new Promise<MqttClient>((resolve, reject) => {
-    const c = mqtt.connect({
-      protocol: "mqtts", host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: `${pki.service.name}-anchor`,
-      ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem, rejectUnauthorized: true, reconnectPeriod: 0, protocolVersion: 4,
-    });
-    c.once("connect", () => resolve(c));
-    c.once("error", reject);
-  });
+  relay = await connectService(pki, standin.port, "anchor");
 });
 
 test.after.always(async () => {
   await new Promise<void>((r) => (relay ? relay.end(true, {}, () => r()) : r()));
   await standin?.close();
 });
-
-async function until(predicate: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > end) throw new Error("timed out");
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 const deviceBox = createDeviceBoxKeys();
 const ownerKeys = createUserKeys("owner", "owner");
@@ -81,7 +67,7 @@ async function device(flash: { secrets: MemorySecretStore; store: MemoryStore })
     anchor: { publish: (topic, payload) => void doorbell.send(topic, payload, 0) },
   });
   doorbell.start();
-  await until(() => doorbell.link.online && access.anchor.state === "known");
+  await until(() => doorbell.link.online && access.anchor.state === "known", 15_000);
   return { doorbell, access };
 }
 
@@ -115,7 +101,7 @@ test.serial("over MQTT: the whole flash written back after a revoke, the shadow'
     const [answer] = standin.shadows.handle(anchorTopics(THING).get, new Uint8Array(0))!;
     return (JSON.parse(answer.payload) as { state?: { reported?: { acl?: { gen?: number } } } }).state?.reported?.acl?.gen;
   };
-  await until(() => shadowGen() === revokedGen);
+  await until(() => shadowGen() === revokedGen, 15_000);
   d1.doorbell.stop();
 
   // Written back whole, and rebooted.
@@ -136,6 +122,6 @@ test.serial("over MQTT: the whole flash written back after a revoke, the shadow'
   t.true(back.reply.ok, JSON.stringify(back.reply));
   t.true((await link.request(owner, () => owner.command("snapshot"))).reply.ok);
   t.not((await link.request(ex, () => ex.command("snapshot"), { retryStale: false })).reply.ok, true);
-  await until(() => shadowGen() === d2.access.generation);
+  await until(() => shadowGen() === d2.access.generation, 15_000);
   t.true(d2.access.generation > revokedGen);
 });

@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { Doorbell } from "../modules/core/doorbell";
 import { sealEvent, type DoorEvent } from "../modules/core/events";
-import type { MqttHandlers, MqttTransport } from "../modules/core/ports";
+import { AckingTransport } from "./helpers/acking-transport";
 import { Ed25519Signer } from "../modules/core/signer";
 import { MemoryStore } from "../modules/host/file-store";
 import { hostRandom } from "../modules/host/random";
@@ -106,21 +106,6 @@ test("counters that went backwards are alerts: a lower boot, or a second event u
   const next = v.verify(event(6, 101));
   t.true(next.ok && next.alert === undefined);
 });
-
-class AckingTransport implements MqttTransport {
-  published: Array<{ topic: string; payload: Uint8Array }> = [];
-  connect(handlers: MqttHandlers): void {
-    handlers.onConnect();
-  }
-  publish(topic: string, payload: Uint8Array): Promise<void> {
-    this.published.push({ topic, payload });
-    return Promise.resolve();
-  }
-  subscribe(): Promise<void> {
-    return Promise.resolve();
-  }
-  close(): void {}
-}
 
 async function bootAndRing(store: MemoryStore, clock: ManualClock) {
   const transport = new AckingTransport();

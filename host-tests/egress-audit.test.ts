@@ -8,7 +8,7 @@
 import test from "ava";
 import { Doorbell } from "../modules/core/doorbell";
 import { EgressGuard, parseEgressConfig } from "../modules/core/egress";
-import type { MqttHandlers, MqttTransport } from "../modules/core/ports";
+import { AckingTransport } from "./helpers/acking-transport";
 import { EventVerifier } from "../tools/verifier";
 import { MemoryStore } from "../tools/xs/deterministic";
 import { seededRandom } from "./helpers/crypto";
@@ -17,22 +17,6 @@ import { ManualClock } from "./helpers/manual-clock";
 const THING = "audit-porch";
 const BROKER = "abc123xyz-ats.iot.eu-west-1.amazonaws.com";
 const MINUTE = 60_000;
-
-/** A broker that acknowledges every publish at once and keeps what it got. */
-class AckingTransport implements MqttTransport {
-  published: Array<{ topic: string; payload: Uint8Array }> = [];
-  connect(handlers: MqttHandlers): void {
-    handlers.onConnect();
-  }
-  publish(topic: string, payload: Uint8Array): Promise<void> {
-    this.published.push({ topic, payload });
-    return Promise.resolve();
-  }
-  subscribe(): Promise<void> {
-    return Promise.resolve();
-  }
-  close(): void {}
-}
 
 const settle = async () => { for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r)); };
 

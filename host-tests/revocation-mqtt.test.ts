@@ -10,7 +10,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import mqtt, { type MqttClient } from "mqtt";
+import type { MqttClient } from "mqtt";
 import nacl from "tweetnacl";
 import { Doorbell } from "../modules/core/doorbell";
 import { AccessControl, type LiveSession } from "../modules/core/commands";
@@ -20,6 +20,7 @@ import { MemoryStore } from "../modules/host/file-store";
 import { HostMqttTransport } from "../modules/host/mqtt-transport";
 import { ensureDevPki, issueThingCredentials, type DevPki, type IssuedCredentials } from "../tools/pki";
 import { startStandin, type Standin } from "../tools/standin";
+import { connectService, until } from "./helpers/service-link";
 import { AppLink, MemorySecretStore, OwnerApp, UserApp, createDeviceBoxKeys, createUserKeys } from "../tools/owner-app";
 import type { ContentKeyWrapping } from "../modules/core/footage-keys";
 
@@ -34,28 +35,13 @@ test.before(async () => {
   pki = await ensureDevPki(dir);
   creds = await issueThingCredentials(dir, THING);
   standin = await startStandin({ pki, connectIntervalMs: 0 });
-  relay = await new Promise<MqttClient>((resolve, reject) => {
-    const c = mqtt.connect({
-      protocol: "mqtts", host: "127.0.0.1", port: standin.port, servername: "localhost", clientId: `${pki.service.name}-acl`,
-      ca: pki.ca.certPem, cert: pki.service.certPem, key: pki.service.keyPem, rejectUnauthorized: true, reconnectPeriod: 0, protocolVersion: 4,
-    });
-    c.once("connect", () => resolve(c));
-    c.once("error", reject);
-  });
+  relay = await connectService(pki, standin.port, "acl");
 });
 
 test.after.always(async () => {
   await new Promise<void>((r) => (relay ? relay.end(true, {}, () => r()) : r()));
   await standin?.close();
 });
-
-async function until(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > end) throw new Error("timed out");
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 /** The wiring bootFirmware gives the doorbell: commands in, replies out, actions to the camera and chime. */
 async function device() {
@@ -89,7 +75,7 @@ async function device() {
     onSessionEnd: (session) => sessionEnds.push({ session, at: performance.now() }),
   });
   doorbell.start();
-  await until(() => doorbell.link.online);
+  await until(() => doorbell.link.online, 10_000);
   const owner = new OwnerApp({ keys: ownerKeys, thing: THING, deviceBoxPublicKey: deviceBox.publicKey });
   const link = new AppLink(relay, THING);
   await link.start();

@@ -12,7 +12,8 @@ import nacl from "tweetnacl";
 import { Doorbell } from "../modules/core/doorbell";
 import { Ed25519Signer } from "../modules/core/signer";
 import { openEnvelope } from "../modules/core/events";
-import type { MqttHandlers, MqttTransport, Random } from "../modules/core/ports";
+import type { Random } from "../modules/core/ports";
+import { AckingTransport } from "./helpers/acking-transport";
 import { RngHealth, proportionCutoff, repetitionCutoff, STARTUP_BYTES } from "../modules/core/rng-health";
 import { toHex, utf8Encode } from "../modules/core/bytes";
 import { MemoryStore } from "../modules/host/file-store";
@@ -135,21 +136,6 @@ test("a healthy RNG still gets precomputed nonces: standard signatures from the 
   t.deepEqual(signer.stats, { online: 3, slow: 0, precomputed: 3, waited: 0 });
   t.is(signer.rngFailure, undefined);
 });
-
-class AckingTransport implements MqttTransport {
-  published: Array<{ topic: string; payload: Uint8Array }> = [];
-  connect(handlers: MqttHandlers): void {
-    handlers.onConnect();
-  }
-  publish(topic: string, payload: Uint8Array): Promise<void> {
-    this.published.push({ topic, payload });
-    return Promise.resolve();
-  }
-  subscribe(): Promise<void> {
-    return Promise.resolve();
-  }
-  close(): void {}
-}
 
 /** One boot of a real doorbell on `store` with a stuck RNG: idle long enough to fill the pool, then one press. */
 async function bootAndRing(store: MemoryStore, wallTime: number) {
