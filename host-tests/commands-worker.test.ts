@@ -7,26 +7,9 @@
  */
 import test from "ava";
 import { AccessTestbed, ManualClock, createUserKeys } from "../tools/owner-app";
-import { QueuedCrypto, runCryptoJob, type CryptoJob, type CryptoReply } from "../modules/core/heavy-crypto";
+import { manualWorker } from "./helpers/manual-worker";
 import type { AccessControlOptions } from "../modules/core/commands";
 import { signedListToJson } from "../modules/core/access";
-
-function manualWorker() {
-  const jobs: CryptoJob[] = [];
-  let deliver!: (r: CryptoReply) => void;
-  const crypto = new QueuedCrypto({
-    post: (job) => void jobs.push({ ...job, a: job.a.slice(), b: job.b?.slice(), c: job.c?.slice() }),
-    listen: (r) => { deliver = r; },
-  });
-  const work = async () => {
-    const job = jobs.shift();
-    if (!job) throw new Error("the worker has nothing to do");
-    deliver(runCryptoJob(job));
-    await new Promise((r) => setImmediate(r));
-    return job.op;
-  };
-  return { crypto, jobs, work };
-}
 
 function bed(access: Partial<AccessControlOptions> = {}) {
   const w = manualWorker();

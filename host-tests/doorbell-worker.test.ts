@@ -8,7 +8,7 @@
 import test from "ava";
 import { Doorbell } from "../modules/core/doorbell";
 import { openEnvelope } from "../modules/core/events";
-import { QueuedCrypto, runCryptoJob, type CryptoJob, type CryptoReply } from "../modules/core/heavy-crypto";
+import { manualWorker } from "./helpers/manual-worker";
 import type { MqttTransport } from "../modules/core/ports";
 import { MemoryStore } from "../modules/host/file-store";
 import { ManualClock } from "./helpers/manual-clock";
@@ -23,26 +23,12 @@ function setup(poolSize = 4, reserve = 2) {
     subscribe: () => Promise.resolve(),
     close() {},
   };
-  const jobs: CryptoJob[] = [];
-  let deliver!: (r: CryptoReply) => void;
-  let lose!: (why: string) => void;
-  const crypto = new QueuedCrypto({
-    post: (job) => void jobs.push({ ...job, a: job.a.slice(), b: job.b?.slice(), c: job.c?.slice() }),
-    listen: (r, l) => { deliver = r; lose = l; },
-  });
+  const { crypto, jobs, work, lose } = manualWorker();
   const logs: string[] = [];
   const doorbell = new Doorbell({
     thing: "worker-porch", signingSeed: new Uint8Array(32).fill(8), clock, random: seededRandom("worker"), store: new MemoryStore(),
     transport, log: (_l, m) => void logs.push(m), noncePoolSize: poolSize, nonceReserve: reserve, crypto,
   });
-  /** Let the worker finish its current job; returns its op. */
-  const work = async () => {
-    const job = jobs.shift();
-    if (!job) throw new Error("the worker has nothing to do");
-    deliver(runCryptoJob(job));
-    await new Promise((r) => setImmediate(r));
-    return job.op;
-  };
   const press = () => {
     doorbell.edge(true);
     clock.advance(100);
@@ -50,7 +36,7 @@ function setup(poolSize = 4, reserve = 2) {
     clock.advance(100);
   };
   const events = () => published.map((p) => openEnvelope(p));
-  return { clock, doorbell, crypto, jobs, work, press, events, logs, lose: (why: string) => lose(why) };
+  return { clock, doorbell, crypto, jobs, work, press, events, logs, lose };
 }
 
 test("the worker fills the pool one nonce at a time, then stops; nothing is precomputed on the main machine", async (t) => {

@@ -6,7 +6,7 @@
 import test from "ava";
 import nacl from "tweetnacl";
 import { UpdateAgent } from "../modules/core/update";
-import { QueuedCrypto, runCryptoJob, type CryptoJob, type CryptoReply } from "../modules/core/heavy-crypto";
+import { manualWorker } from "./helpers/manual-worker";
 import { keyedTag } from "../modules/core/record";
 import { utf8Encode } from "../modules/core/bytes";
 import type { BootControl, UpdateSink } from "../modules/core/ports";
@@ -36,12 +36,7 @@ class Sink implements UpdateSink, BootControl {
 function world() {
   const clock = new ManualClock();
   const sink = new Sink();
-  const posted: CryptoJob[] = [];
-  let deliver!: (r: CryptoReply) => void;
-  const crypto = new QueuedCrypto({
-    post: (job) => void posted.push({ ...job, a: job.a.slice(), b: job.b?.slice(), c: job.c?.slice() }),
-    listen: (r) => { deliver = r; },
-  });
+  const { crypto, jobs: posted, work } = manualWorker();
   const published: string[] = [];
   const logs: string[] = [];
   let mainVerifies = 0;
@@ -54,12 +49,6 @@ function world() {
     publish: (topic) => { published.push(topic); return Promise.resolve(); },
   });
   agent.start();
-  const work = async () => {
-    const job = posted.shift();
-    if (!job) throw new Error("the worker has nothing to do");
-    deliver(runCryptoJob(job));
-    await new Promise((r) => setImmediate(r));
-  };
   const offer = (id: string, version: number, forged = false) => {
     const release = signImage(new Uint8Array(2000).fill(version), { key: KEY, version, board: BOARD });
     const doc = firmwareJobDocument(release, { id: "img" }) as Record<string, any>;
